@@ -1,0 +1,43 @@
+"""tunebook: the Deep Learning Tuning Playbook as software.
+
+Subpackages:
+    tunebook.search       scrambled, shifted Halton sequences and search spaces.
+    tunebook.optim        fused drop-in torch.optim replacements with in-kernel clipping.
+    tunebook.checkpoints  keep the N best checkpoints of a run; rank trials.
+    tunebook.study        studies and trials (ask/tell) over SQLite or PostgreSQL.
+    tunebook.schedules    learning-rate schedules as pure functions of the step.
+    tunebook.analysis     the playbook's plots and warnings, data separated from drawing.
+
+The most used names are re-exported here lazily, so ``import tunebook`` stays cheap
+(torch is imported only when an optimizer or a checkpoint is touched).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "halton": "tunebook.search",
+    "SearchSpace": "tunebook.search",
+    "Study": "tunebook.study",
+    "Trial": "tunebook.study",
+    "CheckpointKeeper": "tunebook.checkpoints",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tunebook' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
