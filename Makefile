@@ -51,9 +51,12 @@ $(VENV)/.ext-stamp: $(VENV)/.deps-stamp $(RUST_SOURCES)
 	maturin develop --release --quiet --skip-install
 	touch $@
 
-## services: start the local servers the tests use (PostgreSQL on loopback).
+## services: what the tests use beyond Python: PostgreSQL on loopback (the study store's
+## multi-machine backend) and headless Chromium (opens the HTML report). Both come from
+## Debian's packages; each script is idempotent and fast once done.
 services: venv
 	@if [ -x scripts/postgres.sh ]; then scripts/postgres.sh start; fi
+	@if [ -x scripts/chromium.sh ]; then scripts/chromium.sh; fi
 
 clean:
 	rm -rf $(VENV) target build .pytest_cache
