@@ -1,0 +1,102 @@
+"""Shared pieces of the schedules: the ``Schedule`` type, step handling, argument checks."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Union
+
+import numpy as np
+import numpy.typing as npt
+
+StepLike = Union[int, npt.ArrayLike]
+"""A step (int) or an array of steps; every schedule accepts both."""
+
+Schedule = Callable[[StepLike], Union[float, np.ndarray]]
+"""A learning-rate schedule: a pure function from the step count to the value.
+
+Given an ``int`` it returns a ``float``; given an array of steps it returns a float64
+array of the same shape, so a whole schedule can be tabulated in one call
+(``schedule(np.arange(total_steps))``).
+"""
+
+ScalarOrSchedule = Union[float, Schedule]
+
+
+def as_steps(step: StepLike) -> tuple[np.ndarray, bool]:
+    """Return ``(steps as float64 array, whether the input was a scalar)``."""
+    array = np.asarray(step)
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise TypeError(f"step must be an int or an array of ints, got {type(step).__name__}")
+    return array.astype(np.float64), array.ndim == 0
+
+
+def finish(values: np.ndarray, scalar: bool) -> float | np.ndarray:
+    """Return a Python float for a scalar step, else the float64 array."""
+    if scalar:
+        return float(values)
+    return np.asarray(values, dtype=np.float64)
+
+
+def as_schedule(value: ScalarOrSchedule) -> Schedule:
+    """Turn a constant into a constant schedule; pass a schedule through.
+
+    This is what lets a ``float | Schedule`` go wherever a learning rate goes.
+    """
+    if callable(value):
+        return value
+    check_finite("value", value)
+    from tunebook.schedules._decay import constant_schedule
+
+    return constant_schedule(float(value))
+
+
+def evaluate(schedule: Schedule, step: int) -> float:
+    """Evaluate a schedule at one integer step, returning a float."""
+    return float(schedule(int(step)))
+
+
+# ---------------------------------------------------------------- argument checks
+# Each takes the argument's name so the message reads like f"{warmup_steps=} must be >= 0".
+
+
+def check_finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} must be a real number")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name}={value!r} must be finite")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: object) -> float:
+    value = check_finite(name, value)
+    if value < 0:
+        raise ValueError(f"{name}={value!r} must be >= 0")
+    return value
+
+
+def check_positive(name: str, value: object) -> float:
+    value = check_finite(name, value)
+    if value <= 0:
+        raise ValueError(f"{name}={value!r} must be > 0")
+    return value
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an int")
+    if value < minimum:
+        raise ValueError(f"{name}={value!r} must be >= {minimum}")
+    return int(value)
+
+
+def check_fraction(name: str, value: object, *, open_low: bool = False, open_high: bool = False) -> float:
+    value = check_finite(name, value)
+    low_ok = value > 0 if open_low else value >= 0
+    high_ok = value < 1 if open_high else value <= 1
+    if not (low_ok and high_ok):
+        interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
+        raise ValueError(f"{name}={value!r} must be in {interval}")
+    return value
