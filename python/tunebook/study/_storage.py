@@ -1,0 +1,151 @@
+"""Storage engines: SQLite (WAL, busy timeout, write transactions that take the lock up
+front) and PostgreSQL (row locks), behind one SQLAlchemy 2 engine per URL and process,
+with retries for the transient errors of a shared database."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+T = TypeVar("T")
+
+#: The environment variable naming the default storage URL.
+STORAGE_ENV = "TUNEBOOK_STORAGE"
+DEFAULT_STORAGE = "sqlite:///tunebook.db"
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def default_storage() -> str:
+    """``$TUNEBOOK_STORAGE``, else a ``tunebook.db`` SQLite file in the current directory."""
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    memory = url.database in (None, "", ":memory:")
+    if memory:
+        engine = sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # Let the "begin" hook below emit BEGIN, so writes can take the lock up front.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 60000")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: never corrupts; a power cut may lose the last commits, which only
+        # the (equally lost) local workers could have seen.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):  # type: ignore[no-untyped-def]
+        # BEGIN IMMEDIATE takes the write lock at once: a read-then-write transaction can
+        # then never fail to upgrade its lock midway (SQLITE_BUSY that no timeout cures).
+        write = connection.get_execution_options().get("tunebook_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def get_engine(storage: str) -> Engine:
+    """The process's engine for a storage URL (created once, re-created after fork)."""
+    with _engines_lock:
+        engine = _engines.get(storage)
+        if engine is None:
+            try:
+                url = sa.make_url(storage)
+            except sa.exc.ArgumentError:
+                raise ValueError(
+                    f"storage must be a database URL such as 'sqlite:///tunebook.db' or "
+                    f"'postgresql://user:password@host:5432/db', got {storage!r}"
+                ) from None
+            if url.get_backend_name() == "sqlite":
+                engine = _sqlite_engine(url)
+            elif url.get_backend_name() == "postgresql":
+                engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+            else:
+                raise ValueError(f"storage must be a SQLite or PostgreSQL URL, got {url.get_backend_name()!r}")
+            _engines[storage] = engine
+        return engine
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not reuse its parent's pooled connections.
+    for engine in _engines.values():
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextmanager
+def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
+    """A transaction; on SQLite a write transaction holds the write lock from the start."""
+    with engine.connect() as connection:
+        connection.execution_options(tunebook_write=write)
+        with connection.begin():
+            yield connection
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    orig = getattr(error, "orig", None)
+    code = getattr(orig, "pgcode", None)
+    if code in ("40001", "40P01", "55P03"):  # serialization failure, deadlock, lock not available
+        return True
+    message = str(orig or error).lower()
+    return isinstance(error, sa.exc.OperationalError) and any(
+        text in message for text in ("database is locked", "database is busy", "could not connect", "closed")
+    )
+
+
+def run_transaction(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    *,
+    write: bool,
+    retry_integrity: bool = False,
+    attempts: int = 20,
+) -> T:
+    """Runs ``work(connection)`` in a transaction, retrying transient failures.
+
+    Args:
+        engine: the engine.
+        work: the transaction body; it must be safe to run again from the start.
+        write: a write transaction (takes SQLite's write lock at BEGIN).
+        retry_integrity: also retry integrity errors (two workers inserting the same
+            unique row at once on PostgreSQL: the loser retries and sees the winner's).
+        attempts: how many times to try.
+    """
+    delay = 0.01
+    for attempt in range(attempts):
+        try:
+            with transaction(engine, write=write) as connection:
+                return work(connection)
+        except sa.exc.DBAPIError as error:
+            retryable = _transient(error) or (retry_integrity and isinstance(error, sa.exc.IntegrityError))
+            if not retryable or attempt == attempts - 1:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")

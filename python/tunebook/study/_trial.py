@@ -1,0 +1,290 @@
+"""Trials: the claimed, writable :class:`Trial` a worker runs, and the read-only
+:class:`TrialRecord` analysis reads."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tunebook.study._schema import metrics as metrics_table
+from tunebook.study._schema import trials as trials_table
+from tunebook.study._storage import run_transaction
+
+if TYPE_CHECKING:
+    from tunebook.study._study import Study
+
+STATES = ("pending", "running", "complete", "infeasible", "failed")
+
+
+class LeaseLostError(RuntimeError):
+    """This worker's claim on a trial is gone: its lease expired and another worker
+    claimed the trial, or the trial was already finished."""
+
+
+def _upsert_metrics(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(metrics_table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["trial_id", "name", "step"], set_={"value": statement.excluded.value}
+    )
+    connection.execute(statement, rows)
+
+
+def _stored(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+class Trial:
+    """A trial claimed by this worker through :meth:`Study.ask`.
+
+    Attributes:
+        index: the trial number; its parameters are point ``index`` of the study's
+            Halton sequence.
+        params: the hyperparameters, a dict.
+        study: the study.
+        worker: this worker's name.
+
+    Reports are buffered and written every ``flush_every`` reports or
+    ``flush_seconds`` seconds, and always by :meth:`flush`, :meth:`complete`,
+    :meth:`infeasible` and :meth:`fail`. Every write checks this worker still holds the
+    claim and extends the lease; a worker whose lease expired and whose trial was
+    given to another raises :class:`LeaseLostError` instead of writing.
+
+    Used as a context manager, an exception fails the trial (and propagates), and a
+    trial left running at the end is completed.
+    """
+
+    def __init__(
+        self,
+        study: Study,
+        trial_id: int,
+        index: int,
+        params: dict[str, Any],
+        claim: int,
+        worker: str,
+        lease_seconds: float,
+        *,
+        heartbeat: bool = False,
+        flush_every: int = 256,
+        flush_seconds: float = 2.0,
+    ) -> None:
+        self.study, self.index, self.params = study, index, params
+        self.worker, self.lease_seconds = worker, lease_seconds
+        self._id, self._claim = trial_id, claim
+        self._buffer: dict[tuple[str, int], float] = {}
+        self._last_flush = time.monotonic()
+        self._flush_every, self._flush_seconds = flush_every, flush_seconds
+        self._write_lock = threading.Lock()
+        self._finished: str | None = None
+        self._stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        if heartbeat:
+            self._heartbeat_thread = threading.Thread(
+                target=self._beat, name=f"tunebook-heartbeat-{index}", daemon=True
+            )
+            self._heartbeat_thread.start()
+
+    @property
+    def state(self) -> str:
+        return self._finished or "running"
+
+    @property
+    def attempt(self) -> int:
+        """How many times this trial has been claimed (1 for a first claim)."""
+        return self._claim
+
+    def report(self, step: int, **metrics: float) -> None:
+        """Records metric values at a step, e.g. ``report(step=100, train_loss=..., valid_loss=...)``.
+
+        NaN and ±inf are stored as reported; they never become the trial's best.
+        Reporting the same metric at the same step again replaces the value.
+        """
+        self._check_running()
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        if not metrics:
+            raise ValueError("report() needs at least one metric, e.g. report(step=10, valid_loss=0.5)")
+        step = int(step)
+        with self._write_lock:
+            for name, value in metrics.items():
+                if hasattr(value, "item"):
+                    value = value.item()
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"metric {name!r} must be a number, got {value!r}") from None
+                self._buffer[(name, step)] = value
+            due = len(self._buffer) >= self._flush_every or time.monotonic() - self._last_flush >= self._flush_seconds
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes buffered reports and extends the lease."""
+        self._check_running()
+        self._write(state=None)
+
+    def heartbeat(self) -> None:
+        """Extends this worker's lease on the trial (and writes buffered reports)."""
+        self.flush()
+
+    def complete(self) -> None:
+        """Marks the trial complete."""
+        self._finish("complete", None)
+
+    def infeasible(self, reason: str = "") -> None:
+        """Marks the trial infeasible: diverged, NaN, or otherwise not a valid point."""
+        self._finish("infeasible", reason)
+
+    def fail(self, reason: str = "") -> None:
+        """Marks the trial failed: it crashed for reasons unrelated to its parameters."""
+        self._finish("failed", reason)
+
+    def _finish(self, state: str, reason: str | None) -> None:
+        self._check_running()
+        self._stop.set()
+        if self._heartbeat_thread is not None and self._heartbeat_thread is not threading.current_thread():
+            self._heartbeat_thread.join()
+        self._write(state=state, reason=reason)
+        self._finished = state
+
+    def _check_running(self) -> None:
+        if self._finished is not None:
+            raise RuntimeError(f"trial {self.index} is already {self._finished}")
+
+    def _write(self, state: str | None, reason: str | None = None) -> None:
+        with self._write_lock:
+            rows = [
+                {"trial_id": self._id, "name": name, "step": step, "value": _stored(value)}
+                for (name, step), value in self._buffer.items()
+            ]
+            study = self.study
+
+            def work(connection: Connection) -> None:
+                now = time.time()
+                values: dict[str, Any] = {"updated_at": now, "lease_expires": now + self.lease_seconds}
+                if state is not None:
+                    values.update(state=state, finished_at=now, lease_expires=None, reason=reason or None)
+                owned = (
+                    (trials_table.c.id == self._id)
+                    & (trials_table.c.claim == self._claim)
+                    & (trials_table.c.state == "running")
+                )
+                # The UPDATE both checks the claim and locks the row until commit, so a
+                # concurrent reclaim cannot interleave with these writes.
+                if connection.execute(trials_table.update().where(owned).values(**values)).rowcount != 1:
+                    raise LeaseLostError(
+                        f"trial {self.index} of study {study.name!r} is no longer claimed by {self.worker!r} "
+                        f"(lease expired and reclaimed, or already finished)"
+                    )
+                if rows:
+                    _upsert_metrics(connection, rows)
+                if rows or state is not None:
+                    best = _best_from_storage(connection, self._id, study.metric, study.mode)
+                    best_step, best_value = best if best is not None else (None, None)
+                    connection.execute(
+                        trials_table.update()
+                        .where(trials_table.c.id == self._id)
+                        .values(best_step=best_step, best_value=best_value)
+                    )
+
+            run_transaction(study.engine, work, write=True)
+            self._buffer.clear()
+            self._last_flush = time.monotonic()
+
+    def _beat(self) -> None:
+        interval = max(self.lease_seconds / 3.0, 0.05)
+        while not self._stop.wait(interval):
+            try:
+                self._write(state=None)
+            except LeaseLostError:
+                return
+            except Exception:  # a transient outage: try again at the next beat
+                continue
+
+    def __enter__(self) -> Trial:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._finished is not None:
+            return
+        if exc is not None:
+            try:
+                self.fail(reason=f"{exc_type.__name__}: {exc}")
+            except LeaseLostError:
+                pass
+        else:
+            self.complete()
+
+    def __repr__(self) -> str:
+        return f"Trial(study={self.study.name!r}, index={self.index}, state={self.state!r}, params={self.params})"
+
+
+def _best_from_storage(connection: Connection, trial_id: int, metric: str, mode: str) -> tuple[int, float] | None:
+    """The trial's best (step, value) of the study metric, over everything stored."""
+    order = metrics_table.c.value.asc() if mode == "min" else metrics_table.c.value.desc()
+    finite = (
+        (metrics_table.c.trial_id == trial_id)
+        & (metrics_table.c.name == metric)
+        & metrics_table.c.value.is_not(None)
+        & (metrics_table.c.value > -math.inf)
+        & (metrics_table.c.value < math.inf)
+    )
+    row = connection.execute(
+        sa.select(metrics_table.c.step, metrics_table.c.value)
+        .where(finite)
+        .order_by(order, metrics_table.c.step.asc())
+        .limit(1)
+    ).first()
+    return (int(row.step), float(row.value)) if row is not None else None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as stored: what analysis and reports read.
+
+    Attributes:
+        index: the trial number.
+        params: its hyperparameters.
+        state: "pending" (its worker's lease expired; it will be given out again),
+            "running", "complete", "infeasible" or "failed".
+        best_step, best_value: its best value of the study metric (study mode, finite
+            values only, ties to the earlier step) and that step; None if none.
+        metric_names: the metrics it reported.
+        worker, reason, attempts, started_at, finished_at: bookkeeping.
+    """
+
+    index: int
+    params: dict[str, Any]
+    state: str
+    best_step: int | None
+    best_value: float | None
+    metric_names: tuple[str, ...]
+    worker: str | None = None
+    reason: str | None = None
+    attempts: int = 1
+    started_at: float | None = None
+    finished_at: float | None = None
+    _history: Callable[[int, str], tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def history(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps int64, values float64)`` of a metric, by step; empty if never reported."""
+        if self._history is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        return self._history(self.index, metric)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("complete", "infeasible", "failed")
