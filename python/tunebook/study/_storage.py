@@ -4,6 +4,7 @@ with retries for the transient errors of a shared database."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import threading
@@ -65,6 +66,20 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     return engine
 
 
+def _postgres_driver(url: sa.URL) -> sa.URL:
+    """A plain ``postgresql://`` URL gets whichever driver is installed (SQLAlchemy's
+    own default, psycopg 3, is often not)."""
+    if url.drivername != "postgresql":
+        return url
+    for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        return url.set(drivername=driver)
+    raise ImportError("PostgreSQL storage needs a driver: pip install 'tunebook[postgres]' (psycopg2-binary)")
+
+
 def get_engine(storage: str) -> Engine:
     """The process's engine for a storage URL (created once, re-created after fork)."""
     with _engines_lock:
@@ -80,7 +95,7 @@ def get_engine(storage: str) -> Engine:
             if url.get_backend_name() == "sqlite":
                 engine = _sqlite_engine(url)
             elif url.get_backend_name() == "postgresql":
-                engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+                engine = sa.create_engine(_postgres_driver(url), pool_pre_ping=True, pool_size=4, max_overflow=4)
             else:
                 raise ValueError(f"storage must be a SQLite or PostgreSQL URL, got {url.get_backend_name()!r}")
             _engines[storage] = engine
@@ -110,7 +125,7 @@ def _transient(error: BaseException) -> bool:
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return True
     orig = getattr(error, "orig", None)
-    code = getattr(orig, "pgcode", None)
+    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
     if code in ("40001", "40P01", "55P03"):  # serialization failure, deadlock, lock not available
         return True
     message = str(orig or error).lower()
