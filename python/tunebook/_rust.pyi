@@ -52,3 +52,9 @@ def bootstrap_quantiles(
     seed: int = 0,
     mode: str = "min",
 ) -> npt.NDArray[np.float64]: ...
+
+# --- halton (rust/halton.rs): scrambled, b-adic-shifted Halton points, bit-stable. ---
+
+HALTON_MAX_DIMENSION: int
+
+def halton(n: int, d: int, seed: int = 0, start: int = 0) -> npt.NDArray[np.float64]: ...
