@@ -1,0 +1,64 @@
+// CPU: tunebook::sgd_step_ (SGD with momentum, dampening, Nesterov). Contract:
+// csrc/ops.cpp; per-element math: csrc/optim_math.h (math::sgd_update).
+#include <torch/library.h>
+
+#include "multi_tensor_cpu.h"
+
+namespace tunebook {
+namespace cpu {
+namespace {
+
+void sgd_step_cpu(at::TensorList params, at::TensorList grads,
+                  at::TensorList momentum_buffers, const at::Tensor& control,
+                  const std::optional<at::Tensor>& lr_tensor, double lr, double momentum,
+                  double dampening, double weight_decay, bool nesterov, bool maximize,
+                  bool is_first_step) {
+  const auto [pdt, sdt] = check_update_lists("sgd_step_", params, grads,
+                                             {{"momentum_buffers", momentum_buffers}});
+  const bool has_momentum = momentum != 0.0;
+  TORCH_CHECK(momentum_buffers.size() == (has_momentum ? params.size() : 0),
+              "tunebook::sgd_step_: momentum_buffers must hold one tensor per param iff "
+              "momentum != 0");
+  auto [grad_mult, skip] = read_control(control);
+  if (skip || params.empty()) return;
+  if (maximize) grad_mult = -grad_mult;
+  const math::SgdScalars sc =
+      math::sgd_scalars(read_lr(lr_tensor, lr), momentum, dampening, weight_decay);
+
+  auto run = [&](auto mom, auto nest, auto first, auto wd) {
+    constexpr bool kMom = decltype(mom)::value;
+    constexpr bool kNest = decltype(nest)::value;
+    constexpr bool kFirst = decltype(first)::value;
+    constexpr bool kWd = decltype(wd)::value;
+    dispatch_dtypes(pdt, sdt, [&](auto param_tag, auto state_tag) {
+      multi_tensor_apply<decltype(param_tag), decltype(state_tag), 1>(
+          params, grads, {momentum_buffers},
+          [&](int64_t, float* __restrict__ p, const float* __restrict__ g, float* const* s,
+              int64_t n) {
+            float* __restrict__ buf = kMom ? s[0] : p;  // unused without momentum
+#pragma GCC ivdep
+            for (int64_t i = 0; i < n; ++i) {
+              float b = kMom ? buf[i] : 0.0f;
+              math::sgd_update<kMom, kNest, kFirst, false, kWd>(p[i], g[i], b, grad_mult, sc);
+              if (kMom) buf[i] = b;
+            }
+          });
+    });
+  };
+  with_bool(weight_decay != 0.0, [&](auto wd) {
+    if (!has_momentum) {
+      run(std::false_type{}, std::false_type{}, std::false_type{}, wd);
+    } else {
+      with_bool(nesterov, [&](auto nest) {
+        with_bool(is_first_step, [&](auto first) { run(std::true_type{}, nest, first, wd); });
+      });
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tunebook, CPU, m) { m.impl("sgd_step_", &sgd_step_cpu); }
+
+}  // namespace cpu
+}  // namespace tunebook

@@ -1,0 +1,157 @@
+"""Adam and AdamW: drop-in torch.optim.Adam/AdamW with in-kernel clipping and a norm log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _functional as F
+from ._base import DEFAULT_NORM_LOG_CAPACITY, FusedOptimizer
+from ._common_doc import EXTRAS_DOC, check_common, check_rule
+
+__all__ = ["Adam", "AdamW"]
+
+
+class Adam(FusedOptimizer):
+    r"""Adam, a drop-in ``torch.optim.Adam`` whose step is one fused multi-tensor kernel.
+
+    ``rule="torch"`` (default), torch.optim's formulas, per param with gradient :math:`g`:
+
+    .. math::
+        g &\leftarrow -g \text{ if maximize};\quad
+        g \leftarrow g + \lambda\theta \ \text{(L2)} \ \text{ or }\
+        \theta \leftarrow \theta(1 - \eta\lambda) \ \text{(decoupled, AdamW)} \\
+        m &\leftarrow \beta_1 m + (1-\beta_1) g, \qquad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2 \quad
+        (\hat v = \max(\hat v, v) \text{ with amsgrad}) \\
+        \theta &\leftarrow \theta - \frac{\eta}{1-\beta_1^t}\,
+            \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    ``rule="playbook"``, the Tuning Playbook FAQ's Adam (bias correction outside
+    :math:`\epsilon`):
+
+    .. math::
+        b_t = \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t},\qquad
+        \theta \leftarrow \theta - \eta\, b_t \frac{m}{\sqrt{v} + \epsilon}
+
+    Args: as ``torch.optim.Adam`` (``lr`` may be a 0-dim tensor, read on the device each
+    step; ``foreach``, ``fused`` and ``capturable`` are accepted and stored, the step is
+    always fused and capturable; ``differentiable=True`` raises NotImplementedError).
+    rule: "torch" or "playbook".
+    """ + EXTRAS_DOC + r"""
+    Example:
+        >>> opt = tunebook.optim.Adam(model.parameters(), lr=3e-4, max_grad_norm=1.0)
+        >>> loss.backward(); opt.step(); opt.zero_grad()
+        >>> opt.grad_norms().norms[-1]  # the last unclipped global norm
+    """
+
+    _decoupled_default = False
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool | None = None,
+        rule: str = "torch",
+        max_grad_norm: float | None = None,
+        log_grad_norm: bool = True,
+        norm_log_capacity: int = DEFAULT_NORM_LOG_CAPACITY,
+        skip_nonfinite: bool = True,
+        backend: str | None = None,
+    ) -> None:
+        check_common(lr, eps, weight_decay)
+        for i, beta in enumerate(betas):
+            if isinstance(beta, Tensor):
+                raise ValueError(f"betas[{i}] as a Tensor is not supported by tunebook")
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta} must be in [0, 1)")
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = self._decoupled_default
+        self.rule = check_rule(rule)
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, foreach=foreach, capturable=capturable,
+            differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        super().__init__(
+            params, defaults, max_grad_norm=max_grad_norm, log_grad_norm=log_grad_norm,
+            norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
+        )
+
+    def _family_step(self, group, params, grads, control, lr_tensor, lr, ops) -> None:
+        amsgrad = group["amsgrad"]
+        exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], []
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if amsgrad:
+                    state["max_exp_avg_sq"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+            elif amsgrad and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            if amsgrad:
+                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        ops.adam_step_(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, control, lr_tensor,
+            lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
+            bool(amsgrad), bool(group["maximize"]), bool(group["decoupled_weight_decay"]),
+            F.RULES[self.rule],
+        )
+
+
+class AdamW(Adam):
+    r"""AdamW, a drop-in ``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay
+    :math:`\theta \leftarrow \theta (1 - \eta\lambda)` and ``weight_decay=1e-2`` by default.
+    """
+
+    _decoupled_default = True
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        rule: str = "torch",
+        max_grad_norm: float | None = None,
+        log_grad_norm: bool = True,
+        norm_log_capacity: int = DEFAULT_NORM_LOG_CAPACITY,
+        skip_nonfinite: bool = True,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=True, rule=rule, max_grad_norm=max_grad_norm,
+            log_grad_norm=log_grad_norm, norm_log_capacity=norm_log_capacity,
+            skip_nonfinite=skip_nonfinite, backend=backend,
+        )
