@@ -1,7 +1,7 @@
 //! `tunebook._rust.halton`: the scrambled, shifted Halton sequence into a new numpy
 //! array, computed with the GIL released.
 
-use numpy::{PyArray2, PyArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -75,28 +75,41 @@ fn halton<'py>(
             "n={n} times d={d} values do not fit in memory: ask for fewer points"
         )));
     }
-    let array = PyArray2::<f64>::zeros(py, [n, d], false);
-    {
-        let mut view = array.try_readwrite()?;
-        let out = view
-            .as_slice_mut()
-            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        let result = py.detach(|| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                halton_into(out, n, d, seed, start, 0)
-            }))
-        });
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(PyValueError::new_err(error.to_string())),
-            Err(_) => {
-                return Err(PyRuntimeError::new_err(
-                    "internal error in tunebook._rust.halton (a Rust panic was caught); please report it",
-                ))
-            }
-        }
+    let mut values = zeroed(n * d).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "n={n} times d={d} values do not fit in memory: ask for fewer points"
+        ))
+    })?;
+    let result = py.detach(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            halton_into(&mut values, n, d, seed, start, 0)
+        }))
+    });
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(PyValueError::new_err(error.to_string())),
+        Err(_) => return Err(PyRuntimeError::new_err(
+            "internal error in tunebook._rust.halton (a Rust panic was caught); please report it",
+        )),
     }
-    Ok(array)
+    // The Vec becomes the array's buffer: no copy.
+    PyArray1::from_vec(py, values).reshape([n, d])
+}
+
+/// `len` zeros, allocated like calloc (untouched pages cost nothing until written), or
+/// None when the allocation fails, instead of aborting the process.
+fn zeroed(len: usize) -> Option<Vec<f64>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f64>(len).ok()?;
+    // SAFETY: the layout is non-zero-sized; all-zero bits are 0.0_f64; the pointer, if
+    // non-null, comes from the global allocator with exactly this layout, as
+    // Vec::from_raw_parts requires.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<f64>();
+        (!ptr.is_null()).then(|| Vec::from_raw_parts(ptr, len, len))
+    }
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
