@@ -121,8 +121,10 @@ def isolation_plot(data: IsolationPlotData) -> Any:
     ax = figure.subplots()
     have = np.isfinite(data.best_values)
     if data.categorical:
-        ax.bar(data.positions[have], data.best_values[have], color=FEASIBLE_COLOR, alpha=0.75, width=0.6)
+        # Points, not bars: the y axis is zoomed to the differences, and a truncated bar misleads.
+        ax.plot(data.positions[have], data.best_values[have], "o", color=FEASIBLE_COLOR, markersize=11)
         ax.set_xticks(data.positions, data.labels)
+        ax.set_xlim(-0.6, len(data.positions) - 0.4)
         finite = data.best_values[have]
         if finite.size:
             span = finite.max() - finite.min()
@@ -142,7 +144,7 @@ def isolation_plot(data: IsolationPlotData) -> Any:
                     textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xlabel(data.scientific)
     ax.set_ylabel(f"best {data.metric}")
-    ax.set_title(f"isolation plot: {data.scientific} (nuisance hyperparameters optimised away)", fontsize=10)
+    ax.set_title(f"best {data.metric} per {data.scientific}\n(nuisance hyperparameters optimised away)", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     return figure
 
