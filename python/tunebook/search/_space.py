@@ -79,6 +79,8 @@ class SearchSpace:
             ident = f"{parent.id}={','.join(label(v) for v in values)}/{fields['name']}"
             by_key[key] = Parameter(id=ident, parent=parent.id, parent_values=values, **fields)
 
+        parents = {key: cond[0] if cond else None for key, (_, cond) in parsed.items()}
+        _check_names(by_key, parents)
         dimension = 0
         parameters = []
         for key in parsed:  # spec order
@@ -97,7 +99,6 @@ class SearchSpace:
             self._by_id[parameter.id] = parameter
         self._order = [self._by_id[by_key[key].id] for key in order]
         self._dimension = dimension
-        self._check_names()
 
     # ---------------------------------------------------------------- construction
 
@@ -233,33 +234,6 @@ class SearchSpace:
 
     # ---------------------------------------------------------------- internals
 
-    def _check_names(self) -> None:
-        """Two hyperparameters may share a name only if they are never active together."""
-        by_name: dict[str, list[Parameter]] = {}
-        for p in self._parameters:
-            by_name.setdefault(p.name, []).append(p)
-        for name, group in by_name.items():
-            for i, a in enumerate(group):
-                for b in group[i + 1 :]:
-                    if not self._exclusive(a, b):
-                        raise ValueError(
-                            f"hyperparameters {a.id!r} and {b.id!r} are both named {name!r} and can "
-                            "be active in the same trial; give one another 'name', or make their "
-                            "conditions exclusive"
-                        )
-
-    def _exclusive(self, a: Parameter, b: Parameter) -> bool:
-        """Whether some common ancestor must take disjoint values for ``a`` and for ``b``."""
-        chain_a, chain_b = self._conditions(a), self._conditions(b)
-        return any(chain_a[k].isdisjoint(chain_b[k]) for k in chain_a.keys() & chain_b.keys())
-
-    def _conditions(self, p: Parameter) -> dict[str, set[str]]:
-        conditions = {}
-        while p.parent is not None:
-            conditions[p.parent] = {canonical(v) for v in p.parent_values or ()}
-            p = self._by_id[p.parent]
-        return conditions
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SearchSpace) and self.to_dict() == other.to_dict()
 
@@ -268,6 +242,31 @@ class SearchSpace:
 
     def __repr__(self) -> str:
         return f"SearchSpace({self.to_dict()!r})"
+
+
+def _check_names(by_key: dict[str, Parameter], parents: dict[str, str | None]) -> None:
+    """Two hyperparameters may share a name only if they are never active together:
+    some common ancestor must take disjoint values for each."""
+
+    def conditions(key: str) -> dict[str, set[str]]:
+        chain = {}
+        while parents[key] is not None:
+            chain[parents[key]] = {canonical(v) for v in by_key[key].parent_values or ()}
+            key = parents[key]
+        return chain
+
+    by_name: dict[str, list[str]] = {}
+    for key, parameter in by_key.items():
+        by_name.setdefault(parameter.name, []).append(key)
+    for name, keys in by_name.items():
+        for i, a in enumerate(keys):
+            for b in keys[i + 1 :]:
+                chain_a, chain_b = conditions(a), conditions(b)
+                if not any(chain_a[k].isdisjoint(chain_b[k]) for k in chain_a.keys() & chain_b.keys()):
+                    raise ValueError(
+                        f"hyperparameters {a!r} and {b!r} are both named {name!r} and can be active "
+                        "in the same trial; give one another 'name', or make their conditions exclusive"
+                    )
 
 
 def _replace(parameter: Parameter, **changes: Any) -> Parameter:
