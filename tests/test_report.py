@@ -92,7 +92,6 @@ def test_report_is_self_contained_and_complete(report):
     assert rows.count("infeasible") == summary["infeasible"] > 0
     assert rows.count("best") == 1
     assert f"{summary['best_value']:.6g} (trial {summary['best_trial']}" in html
-    assert "learning_rate | optimizer=adam" not in html or True  # labels live in the images
 
 
 def test_report_lists_the_analysis_warnings(report):
@@ -156,7 +155,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert pixels.std() > 0.05
     colours = np.unique((pixels.reshape(-1, 3) * 15).round().astype(int), axis=0)
     assert len(colours) > 40
-    # The plots are drawn, not broken-image icons: the blue of the trials shows up.
+    # The plots are drawn, not broken-image icons: the page's CSS has no blue, so the
+    # blue of the plotted trials (matplotlib's C0) appears only if the images render.
     blue = np.mean((pixels[..., 2] > 0.55) & (pixels[..., 0] < 0.35))
-    assert blue > 0.001
+    assert blue > 2e-4, f"only {blue:.4%} of the page is plot blue: are the images rendered?"
     Path("/tmp/tunebook-report-screenshot.png").write_bytes(shot.read_bytes())
