@@ -451,9 +451,10 @@ pub fn halton_into(
                 )
             })
             .collect();
-        // Tiles of about 32 KiB of output, filled one dimension at a time, so each
-        // dimension's state stays in registers and the tile stays in L1/L2.
-        let tile_rows = (4096 / d).max(8);
+        // Tiles of 128..1024 rows (about 1 MiB of output at most), filled one dimension
+        // at a time: each dimension's state stays in registers, its table is read
+        // sequentially, and the tile stays in L2 while every dimension writes into it.
+        let tile_rows = (131_072 / d).clamp(128, 1024);
         let mut row = 0;
         while row < rows {
             let tile = tile_rows.min(rows - row);
