@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
@@ -338,6 +338,7 @@ def _spaces(draw):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=_spaces(), seed=st.integers(0, 2**64 - 1), start=st.integers(0, 10**9))
+@example(spec={"h0": {"choices": ["0E0", "1e5", 1e5, "yes", ".5"]}}, seed=0, start=0)  # YAML look-alikes
 def test_random_valid_specs(spec, seed, start):
     try:
         space = SearchSpace.from_dict(spec)

@@ -117,7 +117,7 @@ class SearchSpace:
         """The space described by YAML text (``1e-4`` reads as a float, as in YAML 1.2)."""
         import yaml
 
-        return cls(yaml.load(text, Loader=_yaml_loader()))  # noqa: S506 (a SafeLoader)
+        return cls(yaml.load(text, Loader=_yaml_class("SafeLoader")))  # noqa: S506 (a SafeLoader)
 
     def to_dict(self) -> dict[str, Any]:
         """The space in tunebook's format, keyed by id; ``from_dict`` reads it back."""
@@ -131,7 +131,8 @@ class SearchSpace:
         """:meth:`to_dict` as YAML text."""
         import yaml
 
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        # The dumper knows the loader's extra float rule, so it quotes strings like "1e5".
+        return yaml.dump(self.to_dict(), Dumper=_yaml_class("SafeDumper"), sort_keys=False, default_flow_style=None)
 
     # ---------------------------------------------------------------- queries
 
@@ -335,12 +336,10 @@ _YAML_FLOAT = re.compile(
 )
 
 
-def _yaml_loader() -> type:
-    """PyYAML's SafeLoader, reading ``1e-4`` as a float (YAML 1.1 insists on a dot)."""
+def _yaml_class(base: str) -> type:
+    """PyYAML's SafeLoader or SafeDumper, reading ``1e-4`` as a float (YAML 1.1 wants a dot)."""
     import yaml
 
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
-    return Loader
+    cls = type(f"Tunebook{base}", (getattr(yaml, base),), {})
+    cls.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
+    return cls
