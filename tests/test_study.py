@@ -203,17 +203,17 @@ def _spawn(storage: str, name: str, mode: str, start_at: float, lease: float) ->
 def test_eight_workers_claim_each_trial_once_and_reclaim_a_killed_ones(storage, name):
     n = 48
     study = Study(name, StandInSpace(), storage=storage, max_trials=n)
-    start_at = time.time() + 2.0
-    victim = _spawn(storage, name, "hang", start_at, 1.0)
-    workers = [_spawn(storage, name, "drain", start_at, 30.0) for _ in range(7)]
-    line = victim.stdout.readline().split()
-    assert line[0] == "claimed"
+    victim = _spawn(storage, name, "hang", time.time(), 1.0)
+    victim_line = victim.stdout.readline().split()
+    assert victim_line[0] == "claimed"
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    start_at = time.time() + 2.0
+    workers = [_spawn(storage, name, "drain", start_at, 30.0) for _ in range(8)]
     outputs = [w.communicate(timeout=120)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers)
     claims = [tuple(map(int, line.split()[1:])) for out in outputs for line in out.splitlines()]
-    victim_index = int(line[1])
+    victim_index = int(victim_line[1])
     counts = Counter(index for index, _ in claims)
     assert sorted(counts) == list(range(n)), "no trial is lost"
     assert all(c == 1 for c in counts.values()), "each trial is given to one live worker"

@@ -57,6 +57,35 @@ def _default_worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Statements of the claim transaction, built once (see _trial.py for why).
+_LOCK_STUDY = (
+    sa.select(studies_table.c.max_trials).where(studies_table.c.id == sa.bindparam("b_study")).with_for_update()
+)
+_EXPIRED = (
+    sa.select(trials_table.c.id, trials_table.c.trial_index, trials_table.c.params_json, trials_table.c.claim)
+    .where(
+        (trials_table.c.study_id == sa.bindparam("b_study"))
+        & (trials_table.c.state == "running")
+        & (trials_table.c.lease_expires < sa.bindparam("b_now"))
+    )
+    .order_by(trials_table.c.trial_index)
+    .limit(1)
+)
+_RECLAIM = (
+    trials_table.update()
+    .where((trials_table.c.id == sa.bindparam("b_id")) & (trials_table.c.claim == sa.bindparam("b_claim")))
+    .values(
+        claim=sa.bindparam("b_new_claim"),
+        worker=sa.bindparam("b_worker"),
+        lease_expires=sa.bindparam("b_lease"),
+        updated_at=sa.bindparam("b_now"),
+    )
+)
+_NEXT_INDEX = sa.select(sa.func.coalesce(sa.func.max(trials_table.c.trial_index) + 1, 0)).where(
+    trials_table.c.study_id == sa.bindparam("b_study")
+)
+
+
 class Study:
     """A tuning study: a search space, a seed, and a storage URL shared by its workers.
 
@@ -245,32 +274,23 @@ class Study:
             now = time.time()
             # Locks the study row on PostgreSQL (SQLite's BEGIN IMMEDIATE already holds
             # the database write lock), so claims of one study are serialised.
-            max_trials = connection.execute(
-                sa.select(studies_table.c.max_trials).where(studies_table.c.id == self._id).with_for_update()
-            ).scalar_one()
+            max_trials = connection.execute(_LOCK_STUDY, {"b_study": self._id}).scalar_one()
             self._max_trials = max_trials
-            expired = connection.execute(
-                sa.select(trials_table.c.id, trials_table.c.trial_index, trials_table.c.params_json, trials_table.c.claim)
-                .where(
-                    (trials_table.c.study_id == self._id)
-                    & (trials_table.c.state == "running")
-                    & (trials_table.c.lease_expires < now)
-                )
-                .order_by(trials_table.c.trial_index)
-                .limit(1)
-            ).first()
+            expired = connection.execute(_EXPIRED, {"b_study": self._id, "b_now": now}).first()
             if expired is not None:
                 connection.execute(
-                    trials_table.update()
-                    .where((trials_table.c.id == expired.id) & (trials_table.c.claim == expired.claim))
-                    .values(claim=expired.claim + 1, worker=worker, lease_expires=now + lease_seconds, updated_at=now)
+                    _RECLAIM,
+                    {
+                        "b_id": expired.id,
+                        "b_claim": expired.claim,
+                        "b_new_claim": expired.claim + 1,
+                        "b_worker": worker,
+                        "b_lease": now + lease_seconds,
+                        "b_now": now,
+                    },
                 )
                 return expired.id, expired.trial_index, json.loads(expired.params_json), expired.claim + 1
-            index = connection.execute(
-                sa.select(sa.func.coalesce(sa.func.max(trials_table.c.trial_index) + 1, 0)).where(
-                    trials_table.c.study_id == self._id
-                )
-            ).scalar_one()
+            index = connection.execute(_NEXT_INDEX, {"b_study": self._id}).scalar_one()
             if max_trials is not None and index >= max_trials:
                 return None
             params = self.params(index)

@@ -29,15 +29,22 @@ class LeaseLostError(RuntimeError):
     claimed the trial, or the trial was already finished."""
 
 
+_UPSERTS: dict[str, Any] = {}
+
+
 def _upsert_metrics(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(metrics_table)
-    statement = statement.on_conflict_do_update(
-        index_elements=["trial_id", "name", "step"], set_={"value": statement.excluded.value}
-    )
+    dialect = connection.dialect.name
+    statement = _UPSERTS.get(dialect)
+    if statement is None:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(metrics_table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["trial_id", "name", "step"], set_={"value": statement.excluded.value}
+        )
+        _UPSERTS[dialect] = statement
     connection.execute(statement, rows)
 
 
@@ -172,30 +179,32 @@ class Trial:
 
             def work(connection: Connection) -> None:
                 now = time.time()
-                values: dict[str, Any] = {"updated_at": now, "lease_expires": now + self.lease_seconds}
-                if state is not None:
-                    values.update(state=state, finished_at=now, lease_expires=None, reason=reason or None)
-                owned = (
-                    (trials_table.c.id == self._id)
-                    & (trials_table.c.claim == self._claim)
-                    & (trials_table.c.state == "running")
-                )
-                # The UPDATE both checks the claim and locks the row until commit, so a
-                # concurrent reclaim cannot interleave with these writes.
-                if connection.execute(trials_table.update().where(owned).values(**values)).rowcount != 1:
+                params: dict[str, Any] = {
+                    "b_id": self._id,
+                    "b_claim": self._claim,
+                    "b_now": now,
+                    "b_lease": None if state is not None else now + self.lease_seconds,
+                }
+                if rows or state is not None:
+                    if rows:
+                        _upsert_metrics(connection, rows)
+                    best = _best_from_storage(connection, self._id, study.metric, study.mode)
+                    best_step, best_value = best if best is not None else (None, None)
+                    params.update(b_best_step=best_step, b_best_value=best_value)
+                    if state is not None:
+                        params.update(b_state=state, b_reason=reason or None)
+                        statement = _FINISH
+                    else:
+                        statement = _RENEW_WITH_BEST
+                else:
+                    statement = _RENEW
+                # The UPDATE checks this worker still holds the claim; on PostgreSQL it
+                # also waits for (and then sees) a concurrent reclaim. If the claim is
+                # gone, raising rolls back the metric writes above.
+                if connection.execute(statement, params).rowcount != 1:
                     raise LeaseLostError(
                         f"trial {self.index} of study {study.name!r} is no longer claimed by {self.worker!r} "
                         f"(lease expired and reclaimed, or already finished)"
-                    )
-                if rows:
-                    _upsert_metrics(connection, rows)
-                if rows or state is not None:
-                    best = _best_from_storage(connection, self._id, study.metric, study.mode)
-                    best_step, best_value = best if best is not None else (None, None)
-                    connection.execute(
-                        trials_table.update()
-                        .where(trials_table.c.id == self._id)
-                        .values(best_step=best_step, best_value=best_value)
                     )
 
             run_transaction(study.engine, work, write=True)
@@ -230,22 +239,40 @@ class Trial:
         return f"Trial(study={self.study.name!r}, index={self.index}, state={self.state!r}, params={self.params})"
 
 
-def _best_from_storage(connection: Connection, trial_id: int, metric: str, mode: str) -> tuple[int, float] | None:
-    """The trial's best (step, value) of the study metric, over everything stored."""
-    order = metrics_table.c.value.asc() if mode == "min" else metrics_table.c.value.desc()
+def _best_query(mode: str) -> sa.Select:
+    value = metrics_table.c.value
     finite = (
-        (metrics_table.c.trial_id == trial_id)
-        & (metrics_table.c.name == metric)
-        & metrics_table.c.value.is_not(None)
-        & (metrics_table.c.value > -math.inf)
-        & (metrics_table.c.value < math.inf)
+        (metrics_table.c.trial_id == sa.bindparam("b_id"))
+        & (metrics_table.c.name == sa.bindparam("b_name"))
+        & value.is_not(None)
+        & (value > -math.inf)
+        & (value < math.inf)
     )
-    row = connection.execute(
-        sa.select(metrics_table.c.step, metrics_table.c.value)
-        .where(finite)
-        .order_by(order, metrics_table.c.step.asc())
-        .limit(1)
-    ).first()
+    order = value.asc() if mode == "min" else value.desc()
+    return sa.select(metrics_table.c.step, value).where(finite).order_by(order, metrics_table.c.step.asc()).limit(1)
+
+
+# Statements built once: constructing SQLAlchemy expressions per call costs more than
+# running them on SQLite.
+_BEST = {"min": _best_query("min"), "max": _best_query("max")}
+_OWNED = (
+    (trials_table.c.id == sa.bindparam("b_id"))
+    & (trials_table.c.claim == sa.bindparam("b_claim"))
+    & (trials_table.c.state == "running")
+)
+_RENEW = trials_table.update().where(_OWNED).values(
+    updated_at=sa.bindparam("b_now"), lease_expires=sa.bindparam("b_lease")
+)
+_RENEW_WITH_BEST = _RENEW.values(best_step=sa.bindparam("b_best_step"), best_value=sa.bindparam("b_best_value"))
+_FINISH = _RENEW_WITH_BEST.values(
+    state=sa.bindparam("b_state"), finished_at=sa.bindparam("b_now"), reason=sa.bindparam("b_reason")
+)
+
+
+def _best_from_storage(connection: Connection, trial_id: int, metric: str, mode: str) -> tuple[int, float] | None:
+    """The trial's best (step, value) of the study metric, over everything stored:
+    finite values only, ties to the earlier step."""
+    row = connection.execute(_BEST[mode], {"b_id": trial_id, "b_name": metric}).first()
     return (int(row.step), float(row.value)) if row is not None else None
 
 
