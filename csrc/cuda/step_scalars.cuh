@@ -1,0 +1,83 @@
+// Per-tensor step bookkeeping on the device: step counters, NAdam's mu products and the
+// per-tensor update scalars (bias corrections, step sizes) of one optimizer step.
+//
+// Why a separate launch. torch's fused path keeps one step tensor per param and the
+// update of a tensor's chunks must all use the *incremented* step. Many blocks work on
+// one tensor, and a block cannot know when its siblings have read the counter, so the
+// increment cannot happen inside the update kernel. A tiny "prepare" kernel (one thread
+// per tensor, <= 1,800 tensors per launch) runs first: it skips everything when the
+// step-control flag says so, increments the step, advances the mu product, and writes
+// the tensor's scalars (computed once, in double, by the shared math::*_scalars functions
+// exactly as the CPU path does) into a scratch buffer. Update blocks then read a few
+// floats instead of evaluating pow() in double, and every chunk of a tensor sees the
+// same scalars by construction.
+#pragma once
+
+#include <vector>
+
+#include "multi_tensor_apply.cuh"
+
+namespace tunebook {
+namespace cuda {
+
+constexpr int kMaxPrepareTensors = 1800;
+constexpr int kPrepareThreads = 128;
+
+struct PrepareMeta {
+  float* steps[kMaxPrepareTensors];
+  float* mu_products[kMaxPrepareTensors];  // nullptr entries unless NAdam
+  int64_t first;                           // index of steps[0] in the caller's list
+  int32_t count;
+};
+static_assert(sizeof(PrepareMeta) + 256 <= kMaxKernelParamBytes, "prepare table too large");
+
+// `Prepare` provides `__device__ void operator()(int64_t index, float* step,
+// float* mu_product, void* scratch) const`.
+template <typename Prepare>
+__global__ void __launch_bounds__(kPrepareThreads)
+    prepare_kernel(const __grid_constant__ PrepareMeta meta, const float* control,
+                   Prepare prepare, void* scratch) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= meta.count) return;
+  if (control[math::kControlSkip] != 0.0f) return;  // skipped step: nothing changes
+  prepare(meta.first + i, meta.steps[i], meta.mu_products[i], scratch);
+}
+
+template <typename Prepare>
+void launch_prepare(const std::vector<void*>& steps, const std::vector<void*>* mu_products,
+                    const float* control, const Prepare& prepare, void* scratch,
+                    cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(steps.size());
+  PrepareMeta meta;
+  for (int64_t first = 0; first < n; first += kMaxPrepareTensors) {
+    const int64_t count = (n - first < kMaxPrepareTensors) ? n - first : kMaxPrepareTensors;
+    meta.first = first;
+    meta.count = static_cast<int32_t>(count);
+    for (int64_t k = 0; k < count; ++k) {
+      meta.steps[k] = static_cast<float*>(steps[first + k]);
+      meta.mu_products[k] =
+          mu_products ? static_cast<float*>((*mu_products)[first + k]) : nullptr;
+    }
+    const int blocks = static_cast<int>((count + kPrepareThreads - 1) / kPrepareThreads);
+    prepare_kernel<Prepare><<<blocks, kPrepareThreads, 0, stream>>>(meta, control, prepare,
+                                                                    scratch);
+    check_launch("the step-prepare kernel");
+  }
+}
+
+// Points table slot `slot` of tensor i at scratch + i * sizeof(Scalars).
+template <typename Scalars>
+void point_at_scratch(TensorTable& table, int slot, void* scratch) {
+  auto* base = static_cast<Scalars*>(scratch);
+  for (int64_t i = 0; i < table.count; ++i) table.set(slot, i, base + i);
+}
+
+// Increments the step only (RMSprop: its scalars do not depend on the step).
+struct IncrementStep {
+  __device__ __forceinline__ void operator()(int64_t, float* step, float*, void*) const {
+    *step = *step + 1.0f;
+  }
+};
+
+}  // namespace cuda
+}  // namespace tunebook
