@@ -289,6 +289,8 @@ def test_parameter_attributes():
     assert isinstance(p, Parameter)
     assert (p.id, p.name, p.kind, p.low, p.high, p.scale) == ("optimizer=nesterov/momentum", "momentum", "float", 0.8, 0.99, "linear")
     assert (p.choices, p.value, p.parent, p.parent_values) == (None, None, "optimizer", ["nesterov"])
+    parameters = SearchSpace.from_dict(OPTIMIZERS).parameters
+    assert len(set(parameters)) == len(parameters)  # hashable, distinct
     with pytest.raises(ValueError, match="no hyperparameter has id 'momentum'"):
         SearchSpace.from_dict(OPTIMIZERS).parameter("momentum")
 

@@ -85,6 +85,9 @@ class Parameter:
     parent_values: list[Any] | None = None
     dimension: int | None = None
 
+    def __hash__(self) -> int:  # the list fields are not hashable; the id is unique in a space
+        return hash((self.id, self.kind, self.dimension))
+
     @property
     def is_random(self) -> bool:
         """Whether it takes more than one value, and so needs a Halton dimension."""
