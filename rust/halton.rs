@@ -25,7 +25,7 @@
 //!   consecutive indices still fill every interval `[c/b^m, (c+1)/b^m)` once, so the
 //!   shift keeps the sequence's stratification. A real shift mod 1 (Bousquet et al.'s
 //!   `fmod(x + shift, 1)`) misaligns that stratification with the cube's faces and
-//!   raises the mean centred discrepancy by 30-50% at n = 32..128 (benches/halton.py).
+//!   raises the mean centred discrepancy by 10-60% at n = 32..128 (benches/halton.py).
 //! * The result keeps the top 53 bits, so every value is a multiple of 2^-53 and lies in
 //!   `[0, 1 - 2^-53]`: never 1.0.
 //!
@@ -41,7 +41,7 @@
 //! integer. Forward order fixes `pi(a)` after step `a`, so only the prefix of a
 //! permutation that the requested indices reach is ever drawn, and that prefix never
 //! depends on how many points are asked for. Point `i` is therefore a pure function of
-//! `(seed, d-index, i)`: `start` and `n` only choose which points are computed.
+//! `(seed, j, i)`: `start`, `n` and `d` only choose which points are computed.
 //!
 //! # Stability promise
 //!
