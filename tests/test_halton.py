@@ -123,6 +123,8 @@ def test_start_extends_the_sequence():
     # Asking for more points never changes earlier ones.
     assert np.array_equal(halton(200, 5, seed=11)[:15], whole)
     assert np.array_equal(halton(15, 5, seed=11), whole)
+    # Nor does asking for more dimensions change the first ones.
+    assert np.array_equal(halton(15, 3, seed=11), whole[:, :3])
 
 
 def test_threaded_generation_equals_pieces():
