@@ -1,0 +1,328 @@
+"""``make demo``: a real tuning study on real data, on the CPU, in a few minutes.
+
+The question (the scientific hyperparameter): for an MLP on scikit-learn's handwritten
+digits, which optimizer is better, Nesterov momentum or Adam? To compare them fairly,
+each one's nuisance hyperparameters are tuned away: the learning rate (log scale), the
+momentum / beta1 and the warmup fraction, searched quasi-randomly (scrambled Halton)
+through a :class:`tunebook.Study` stored in SQLite. Each trial trains with a tunebook
+fused optimizer (global-norm clipping and the gradient-norm log inside the step), a
+linear-warmup + cosine-decay schedule kept on the device (:class:`DeviceSchedule`),
+and a :class:`CheckpointKeeper` that keeps its best checkpoints. At the end: the HTML
+report and a printed summary (the best configuration of each optimizer, whether the
+comparison is fair, and a suggested clipping threshold).
+
+Run ``python -m tunebook.demo --help`` for the options. Running it again resumes an
+unfinished study, or starts the next one (``digits-mlp-2``, ...) when it is finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SPACE = {
+    "optimizer": {"type": "categorical", "choices": ["nesterov", "adam"]},
+    "nesterov_lr": {"name": "learning_rate", "low": 1e-3, "high": 3.0, "scale": "log",
+                    "when": {"optimizer": ["nesterov"]}},
+    "momentum": {"low": 0.8, "high": 0.99, "when": {"optimizer": ["nesterov"]}},
+    "adam_lr": {"name": "learning_rate", "low": 1e-4, "high": 3e-1, "scale": "log",
+                "when": {"optimizer": ["adam"]}},
+    "beta1": {"low": 0.8, "high": 0.99, "when": {"optimizer": ["adam"]}},
+    "warmup_fraction": {"low": 0.0, "high": 0.2},
+}
+"""The search space: one scientific hyperparameter, its conditional nuisance ones."""
+
+STUDY_NAME = "digits-mlp"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tunebook.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=40, help="trials in the study (default 40)")
+    parser.add_argument("--steps", type=int, default=500, help="training steps per trial (default 500)")
+    parser.add_argument("--eval-every", type=int, default=25, help="steps between evaluations (default 25)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-grad-norm", type=float, default=5.0, help="clipping threshold (default 5)")
+    parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    parser.add_argument("--name", default=STUDY_NAME, help=f"study name (default {STUDY_NAME})")
+    parser.add_argument("--new", action="store_true", help="start a new study even if the last one is unfinished")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the MLP is too small to gain from more)")
+    parser.add_argument("--seed", type=int, default=0, help="Halton seed of a new study")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    for name in ("trials", "steps", "eval_every", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if args.eval_every > args.steps:
+        parser.error(f"--eval-every={args.eval_every} must be <= --steps={args.steps}")
+    return args
+
+
+# --------------------------------------------------------------------------- data, model
+
+
+def load_data(seed: int = 0) -> dict[str, Any]:
+    """The digits (1797 8x8 images, 10 classes; shipped with scikit-learn), split
+    60/20/20 into train/valid/test with a fixed permutation, pixels scaled to [0, 1]."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    x, y = x[order], y[order]
+    n_train, n_valid = int(0.6 * len(y)), int(0.2 * len(y))
+    return {
+        "train": (x[:n_train], y[:n_train]),
+        "valid": (x[n_train:n_train + n_valid], y[n_train:n_train + n_valid]),
+        "test": (x[n_train + n_valid:], y[n_train + n_valid:]),
+    }
+
+
+def make_model(seed: int) -> Any:
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.ReLU(),
+        torch.nn.Linear(128, 128), torch.nn.ReLU(),
+        torch.nn.Linear(128, 10),
+    )
+
+
+def make_optimizer(params: Any, config: dict[str, Any], max_grad_norm: float) -> Any:
+    import tunebook.optim as optim
+
+    if config["optimizer"] == "nesterov":
+        return optim.SGD(params, lr=config["learning_rate"], momentum=config["momentum"], nesterov=True,
+                         max_grad_norm=max_grad_norm, log_grad_norm=True)
+    return optim.Adam(params, lr=config["learning_rate"], betas=(config["beta1"], 0.999),
+                      max_grad_norm=max_grad_norm, log_grad_norm=True)
+
+
+def evaluate(model: Any, data: tuple[Any, Any]) -> tuple[float, float]:
+    import torch
+
+    x, y = data
+    with torch.no_grad():
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        accuracy = (logits.argmax(dim=1) == y).float().mean()
+    return float(loss), float(accuracy)
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+def run_trial(trial: Any, data: dict[str, Any], args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Train one configuration; report to the study; keep the best checkpoints.
+
+    A trial is infeasible (the playbook's red x) when its loss becomes non-finite, the
+    validation loss rises above three times its starting value, or the training loss
+    ends no lower than the starting loss (it diverged, or never learned).
+    """
+    import torch
+
+    from tunebook.checkpoints import CheckpointKeeper
+    from tunebook.schedules import DeviceSchedule, cosine_decay_schedule, linear_warmup
+
+    config = trial.params
+    model = make_model(seed=1000 + trial.index)
+    optimizer = make_optimizer(model.parameters(), config, args.max_grad_norm)
+    warmup = int(round(config["warmup_fraction"] * args.steps))
+    schedule = linear_warmup(cosine_decay_schedule(config["learning_rate"], args.steps - warmup), warmup)
+    lr_driver = DeviceSchedule(optimizer, schedule, total_steps=args.steps)
+    keeper = CheckpointKeeper(run_dir / f"trial-{trial.index:04d}", keep=2, metric="valid_loss", fsync=False)
+    x_train, y_train = data["train"]
+    generator = torch.Generator().manual_seed(trial.index)
+    order = torch.randperm(len(y_train), generator=generator)
+    cursor = 0
+    start_loss, _ = evaluate(model, data["valid"])
+    trial.report(step=0, valid_loss=start_loss, train_loss=start_loss)
+    running = torch.zeros(())
+    counted = 0
+    status = "complete"
+    for step in range(1, args.steps + 1):
+        if cursor + args.batch_size > len(order):
+            order, cursor = torch.randperm(len(y_train), generator=generator), 0
+        index = order[cursor:cursor + args.batch_size]
+        cursor += args.batch_size
+        loss = torch.nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_driver.step()
+        running += loss.detach()
+        counted += 1
+        if step % args.eval_every == 0 or step == args.steps:
+            train_loss = float(running) / counted
+            running.zero_()
+            counted = 0
+            valid_loss, valid_accuracy = evaluate(model, data["valid"])
+            trial.report(step=step, train_loss=train_loss, valid_loss=valid_loss, valid_accuracy=valid_accuracy)
+            if not (math.isfinite(train_loss) and math.isfinite(valid_loss)) or valid_loss > 3 * start_loss:
+                status = "infeasible"
+                break
+            test_loss, test_accuracy = evaluate(model, data["test"])
+            # The test metrics ride along with the checkpoint; they never choose it.
+            keeper.save(step, {"model": model.state_dict(), "config": config},
+                        {"valid_loss": valid_loss, "valid_accuracy": valid_accuracy,
+                         "test_loss": test_loss, "test_accuracy": test_accuracy})
+    log = optimizer.grad_norms()
+    for step, norm in enumerate(log.norms.tolist(), start=1):
+        trial.report(step=step, grad_norm=norm)
+    best = keeper.best()
+    if status == "complete" and (best is None or train_loss >= start_loss):
+        status = "infeasible"  # training ended no better than it started: diverged, or never learned
+    keeper.close()
+    if status == "infeasible":
+        trial.infeasible("diverged or did not learn")
+    else:
+        trial.complete()
+    return {"status": status, "best": best, "norms": log}
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def open_study(args: argparse.Namespace, storage: str) -> Any:
+    """Resume the newest study of this name if it is unfinished, else start the next."""
+    from tunebook import SearchSpace, Study
+    from tunebook.study import list_studies
+
+    names = {row["name"] for row in list_studies(storage)}
+
+    def numbered(k: int) -> str:
+        return args.name if k == 1 else f"{args.name}-{k}"
+
+    k = 1
+    while numbered(k) in names:
+        k += 1
+    command = "python -m tunebook.demo " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make demo"
+    if k > 1 and not args.new:
+        study = Study(numbered(k - 1), storage=storage)
+        records = study.trials()
+        if len(records) < (study.max_trials or 0) or any(r.state in ("running", "pending") for r in records):
+            return study, True
+    name = numbered(k)
+    study = Study(name, SearchSpace.from_dict(SPACE), storage=storage, seed=args.seed, max_trials=args.trials,
+                  metric="valid_loss", mode="min", config_path="tunebook/demo.py (SPACE)",
+                  notes="Nesterov momentum vs Adam on sklearn digits, MLP 64-128-128-10; nuisance: "
+                        "learning rate, momentum/beta1, warmup fraction",
+                  command=command)
+    return study, False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{out / 'studies.db'}"
+    study, resumed = open_study(args, storage)
+    print(f"tunebook demo: study {study.name!r} in {storage} "
+          f"({'resuming' if resumed else 'new'}, {study.max_trials} trials x {args.steps} steps)")
+    data = load_data()
+    run_dir = out / study.name
+    # The first optimizer use may compile the C++ kernels (cached afterwards).
+    probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))], {"optimizer": "adam", "learning_rate": 1e-3,
+                                                                   "beta1": 0.9}, 1.0)
+    print(f"optimizer backend: {probe.backend}")
+
+    done = sum(r.state in ("complete", "infeasible", "failed") for r in study.trials())
+    bar = tqdm(total=study.max_trials, initial=done, unit="trial", disable=args.no_progress,
+               dynamic_ncols=True, file=sys.stdout)
+    best: dict[str, float] = {}
+    while (trial := study.ask(lease_seconds=120.0)) is not None:
+        with trial:
+            result = run_trial(trial, data, args, run_dir)
+        kind = trial.params["optimizer"]
+        if result["best"] is not None and result["status"] == "complete":
+            best[kind] = min(best.get(kind, math.inf), result["best"].metrics["valid_loss"])
+        bar.set_postfix({k: f"{v:.3f}" for k, v in sorted(best.items())}, refresh=False)
+        bar.update(1)
+    bar.close()
+    train_seconds = time.perf_counter() - started
+
+    summary = summarize(study, args, run_dir)
+    from tunebook.report import write_report
+
+    report_path = write_report(study, out / f"{study.name}-report.html", scientific=["optimizer"],
+                               max_grad_norm=args.max_grad_norm)
+    print(summary)
+    print(f"\nreport: {report_path.resolve()}")
+    print(f"study table: tunebook studies --storage {storage}")
+    print(f"time: {time.perf_counter() - started:.0f} s ({train_seconds:.0f} s of it training)")
+    return 0
+
+
+def summarize(study: Any, args: argparse.Namespace, run_dir: Path) -> str:
+    """The printed summary: the best configuration of each optimizer, whether the
+    comparison is fair, and a suggested clipping threshold."""
+    from tunebook.analysis import axis_plot_data, grad_norm_data, sampled_enough_data
+    from tunebook.checkpoints import CheckpointKeeper
+
+    records = study.trials()
+    lines = ["", f"== {study.name}: {len(records)} trials =="]
+    lines.append("\nBest configuration per optimizer (the scientific hyperparameter):")
+    for kind in ("nesterov", "adam"):
+        mine = [r for r in records if r.params.get("optimizer") == kind]
+        good = [r for r in mine if r.state == "complete" and r.best_value is not None]
+        infeasible = sum(r.state == "infeasible" for r in mine)
+        if not good:
+            lines.append(f"  {kind:9s} no feasible trial ({infeasible} infeasible of {len(mine)})")
+            continue
+        top = min(good, key=lambda r: r.best_value)
+        keeper = CheckpointKeeper(run_dir / f"trial-{top.index:04d}", keep=2, metric="valid_loss", fsync=False)
+        checkpoint = keeper.best()
+        keeper.close()
+        test = f", test accuracy {checkpoint.metrics['test_accuracy']:.3f}" if checkpoint else ""
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in top.params.items() if k != "optimizer")
+        lines.append(f"  {kind:9s} valid_loss {top.best_value:.4f} at step {top.best_step} (trial {top.index}{test})")
+        lines.append(f"  {'':9s} {params}")
+        lines.append(f"  {'':9s} {len(good)} feasible, {infeasible} infeasible of {len(mine)} trials")
+
+    lines.append("\nIs the comparison fair?")
+    axis = axis_plot_data(records, study.space, metric=study.metric, mode=study.mode)
+    issues = [w for w in axis.warnings]
+    for kind in ("nesterov", "adam"):
+        mine = [r for r in records if r.params.get("optimizer") == kind and r.state in ("complete", "infeasible")]
+        if mine:
+            fraction = sum(r.state == "infeasible" for r in mine) / len(mine)
+            lines.append(f"  {kind}: {fraction:.0%} of its trials infeasible")
+    sampled = sampled_enough_data(records, metric=study.metric, mode=study.mode, group_by="optimizer")
+    issues += list(sampled.warnings)
+    if issues:
+        for warning in issues:
+            lines.append(f"  ! {warning.message}")
+    else:
+        lines.append("  yes by these checks: no best trial near a search boundary, few infeasible trials, "
+                     "and more trials would not change the best much (bootstrap)")
+
+    norms = {f"trial {r.index}": r.history("grad_norm") for r in records if r.state == "complete"}
+    norms = {k: v for k, v in norms.items() if v[1].size}
+    if norms:
+        g = grad_norm_data(norms, max_grad_norm=args.max_grad_norm)
+        lines.append(f"\nGradient clipping: suggested max_grad_norm = {g.suggested_clip:.3g} (90th percentile of "
+                     f"{g.norms.size} logged norms); with {args.max_grad_norm:g} in use, "
+                     f"{g.clipped_fraction:.0%} of updates were clipped")
+        for warning in g.warnings:
+            lines.append(f"  ! {warning.message}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
