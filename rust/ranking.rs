@@ -213,6 +213,62 @@ fn chunks(n: usize, work: usize) -> Vec<(usize, usize)> {
     (0..n).step_by(size).map(|start| (start, (start + size).min(n))).collect()
 }
 
+/// Best of one row when positions are the steps.
+///
+/// Two passes that vectorise: the best finite value, reduced over 8 independent lanes
+/// with selects (no loop-carried branch), then the first (or, for `Tie::Later`, the
+/// last) position holding it.
+fn row_best_by_position(row: &[f64], mode: Mode, tie: Tie) -> (i64, f64) {
+    #[inline(always)]
+    fn reduce(row: &[f64], init: f64, take: impl Fn(f64, f64) -> bool) -> f64 {
+        let mut lanes = [init; 8];
+        let chunks = row.chunks_exact(8);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                *lane = if take(v, *lane) { v } else { *lane };
+            }
+        }
+        let mut best = init;
+        for &v in lanes.iter().chain(tail) {
+            best = if take(v, best) { v } else { best };
+        }
+        best
+    }
+    // Comparisons with NaN are false and the guards keep out the infinities, so only
+    // finite values are taken; `init` survives only when the row has none.
+    let best = match mode {
+        Mode::Min => reduce(row, f64::INFINITY, |v, b| (v < b) & (v > f64::NEG_INFINITY)),
+        Mode::Max => reduce(row, f64::NEG_INFINITY, |v, b| (v > b) & (v < f64::INFINITY)),
+    };
+    if !best.is_finite() {
+        return (-1, f64::NAN);
+    }
+    let position = match tie {
+        Tie::Earlier => row.iter().position(|&v| v == best),
+        Tie::Later => row.iter().rposition(|&v| v == best),
+    };
+    (position.map_or(-1, |p| p as i64), best)
+}
+
+/// Best of one row with explicit steps (ties by step, whatever the order of the row).
+fn row_best_by_step(row: &[f64], steps: &[i64], mode: Mode, tie: Tie) -> (i64, f64) {
+    let mut best: Option<(usize, f64, i64)> = None;
+    for (i, (&v, &s)) in row.iter().zip(steps).enumerate() {
+        if !v.is_finite() {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((_, bv, bs)) => compare(mode, tie, (v, s), (bv, bs)) == Ordering::Less,
+        };
+        if better {
+            best = Some((i, v, s));
+        }
+    }
+    best.map_or((-1, f64::NAN), |(i, v, _)| (i as i64, v))
+}
+
 /// Best value of each trial's history (rows of a CSR matrix).
 ///
 /// Trial `t` owns `values[offsets[t]..offsets[t+1]]`; `steps`, if given, holds the step
@@ -238,22 +294,10 @@ pub fn best_per_row(
     let mut bests = vec![f64::NAN; n_rows];
     let row = |r: usize| -> (i64, f64) {
         let (lo, hi) = (offsets[r], offsets[r + 1]);
-        let mut best: Option<(usize, f64, i64)> = None;
-        for i in lo..hi {
-            let v = values[i];
-            if !v.is_finite() {
-                continue;
-            }
-            let s = steps.map_or((i - lo) as i64, |s| s[i]);
-            let better = match best {
-                None => true,
-                Some((_, bv, bs)) => compare(mode, tie, (v, s), (bv, bs)) == Ordering::Less,
-            };
-            if better {
-                best = Some((i, v, s));
-            }
+        match steps {
+            None => row_best_by_position(&values[lo..hi], mode, tie),
+            Some(steps) => row_best_by_step(&values[lo..hi], &steps[lo..hi], mode, tie),
         }
-        best.map_or((-1, f64::NAN), |(i, v, _)| ((i - lo) as i64, v))
     };
     let parts = chunks(n_rows, values.len());
     std::thread::scope(|scope| {
@@ -285,8 +329,13 @@ pub fn best_per_row(
 /// Trial indices ordered best first: finite values by `mode` (ties by lower index),
 /// then non-finite values in index order.
 pub fn rank(values: &[f64], mode: Mode) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| compare(mode, Tie::Earlier, (values[a], a as i64), (values[b], b as i64)));
+    let sign = if mode == Mode::Min { 1.0 } else { -1.0 };
+    let mut finite: Vec<(f64, usize)> =
+        values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (sign * v, i)).collect();
+    // Keys are finite, so partial_cmp never fails; -0.0 and 0.0 tie and go by index.
+    finite.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1)));
+    let mut order: Vec<usize> = finite.into_iter().map(|(_, i)| i).collect();
+    order.extend(values.iter().enumerate().filter(|(_, v)| !v.is_finite()).map(|(i, _)| i));
     order
 }
 

@@ -146,15 +146,25 @@ def best_per_trial(
         flat = np.ascontiguousarray(matrix).ravel()
         offsets = np.arange(n + 1, dtype=np.int64) * m
         flat_steps = None
+        shared_steps = None
         if steps is not None:
             step_array = np.asarray(steps, dtype=np.int64)
-            if step_array.shape == (m,):
-                step_array = np.broadcast_to(step_array, (n, m))
-            if step_array.shape != (n, m):
-                raise ValueError(
-                    f"steps must have shape ({m},) or {(n, m)} to match values, got {step_array.shape}"
-                )
-            flat_steps = np.ascontiguousarray(step_array).ravel()
+            if step_array.shape == (m,) and np.all(np.diff(step_array) > 0):
+                # Increasing shared steps: positions rank ties the same way, so the Rust
+                # core needs no n x m step matrix; map positions to steps afterwards.
+                shared_steps = step_array
+            else:
+                if step_array.shape == (m,):
+                    step_array = np.broadcast_to(step_array, (n, m))
+                if step_array.shape != (n, m):
+                    raise ValueError(
+                        f"steps must have shape ({m},) or {(n, m)} to match values, got {step_array.shape}"
+                    )
+                flat_steps = np.ascontiguousarray(step_array).ravel()
+        if shared_steps is not None:
+            position, value = _rust.best_per_row(flat, offsets, None, mode, tie)
+            step = np.where(position >= 0, shared_steps[np.maximum(position, 0)], -1) if m else position.copy()
+            return TrialBests(step=step.astype(np.int64), value=value, position=position)
     position, value = _rust.best_per_row(flat, offsets, flat_steps, mode, tie)
     if flat_steps is None:
         step = position.copy()
