@@ -271,3 +271,28 @@ def test_list_studies_and_default_storage(tmp_path, monkeypatch):
     assert [s["name"] for s in list_studies()] == ["second", "third"]
     assert [s["name"] for s in list_studies(f"sqlite:///{tmp_path}/tunebook.db")] == ["first"]
     assert list_studies()[0]["max_trials"] == 3
+
+
+def test_with_the_real_search_space(tmp_path):
+    from tunebook.search import SearchSpace
+
+    storage = f"sqlite:///{tmp_path}/real.db"
+    space = SearchSpace.from_dict({
+        "lr": {"min": 1e-4, "max": 1e-1, "scaling": "log"},
+        "optimizer": {"feasible_points": ["adam", "nesterov"]},
+    })
+    study = Study("real", space, storage=storage, seed=5, max_trials=3)
+    claimed = [study.ask().params for _ in range(3)]
+    assert claimed == space.sample(3, seed=5)
+    engine = sa.create_engine(storage)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("select space_class from tunebook_studies")).scalar() == (
+            "tunebook.search:SearchSpace"
+        )
+    # A fresh process would rebuild the space from storage alone.
+    code = (
+        "from tunebook.study import Study; s = Study.load('real', %r); "
+        "print(s.space.to_dict() == %r, s.params(2) == %r)" % (storage, space.to_dict(), claimed[2])
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -38,8 +39,16 @@ def _dumps(value: Any) -> str:
 
 
 def _space_class(space: Any) -> str:
+    """``module:qualname`` of the space's class, by its public path where it has one
+    (``tunebook.search:SearchSpace``, not the private module that defines it)."""
     cls = type(space)
-    return f"{cls.__module__}:{cls.__qualname__}"
+    module = cls.__module__
+    while "." in module and module.rsplit(".", 1)[1].startswith("_"):
+        parent = module.rsplit(".", 1)[0]
+        if getattr(sys.modules.get(parent), cls.__qualname__, None) is not cls:
+            break
+        module = parent
+    return f"{module}:{cls.__qualname__}"
 
 
 def _load_space(class_path: str, space_json: str) -> Any:
