@@ -48,6 +48,12 @@ def test_studies_table(storage, capsys):
     assert out[3].split()[0] == "empty"
 
 
+def test_studies_on_a_missing_sqlite_file_creates_nothing(tmp_path, capsys):
+    assert main(["studies", "--storage", f"sqlite:///{tmp_path}/none.db"]) == 0
+    assert "no studies" in capsys.readouterr().out
+    assert not (tmp_path / "none.db").exists()
+
+
 def test_studies_csv(storage, tmp_path):
     path = tmp_path / "studies.csv"
     assert main(["studies", "--storage", storage, "--csv", str(path)]) == 0

@@ -468,12 +468,19 @@ class _HistoryCache:
 
 
 def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
-    """The study table of a storage: :meth:`Study.summary` of every study, oldest first."""
-    engine = get_engine(storage or default_storage())
+    """The study table of a storage: :meth:`Study.summary` of every study, oldest first.
+
+    A SQLite file that does not exist yet holds no studies (and is not created)."""
+    storage = storage or default_storage()
+    url = sa.make_url(storage) if "://" in storage else None
+    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not os.path.exists(os.path.expanduser(url.database)):
+            return []
+    engine = get_engine(storage)
     ensure_schema(engine)
     names = run_transaction(
         engine,
         lambda c: [r.name for r in c.execute(sa.select(studies_table.c.name).order_by(studies_table.c.id))],
         write=False,
     )
-    return [Study(name, storage=storage or default_storage()).summary() for name in names]
+    return [Study(name, storage=storage).summary() for name in names]
