@@ -1,6 +1,6 @@
 // CUDA: tunebook::adam_step_ (Adam, AdamW, AMSGrad; torch or playbook rule).
 // Contract: csrc/ops.cpp. Per-element math: math::adam_update (csrc/optim_math.h), the
-// same function the CPU loop calls. Launches per call: ceil(tensors / 1800) prepare
+// same function the CPU loop calls. Launches per call: ceil(tensors / 3600) prepare
 // launches + ceil(tensors / 541) update launches.
 #include "step_scalars.cuh"
 
@@ -86,7 +86,7 @@ void launch_adam_step(TensorTable& table, const std::vector<void*>& steps, void*
                       DType param, DType state, const AdamArgs& args, void* stream_ptr) {
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (table.count == 0) return;
-  launch_prepare(steps, nullptr, args.control,
+  launch_prepare<false>(steps, nullptr, args.control,
                  AdamPrepare{args.lr, args.beta1, args.beta2, args.eps, args.weight_decay,
                              args.decoupled_weight_decay, args.rule},
                  scratch, stream);

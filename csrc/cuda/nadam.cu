@@ -83,7 +83,7 @@ void launch_nadam_step(TensorTable& table, const std::vector<void*>& steps,
                        DType state, const NadamArgs& args, void* stream_ptr) {
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (table.count == 0) return;
-  launch_prepare(steps, &mu_products, args.control,
+  launch_prepare<true>(steps, &mu_products, args.control,
                  NadamPrepare{args.lr, args.beta1, args.beta2, args.eps, args.weight_decay,
                               args.momentum_decay, args.decoupled_weight_decay, args.rule},
                  scratch, stream);

@@ -1,6 +1,6 @@
 // CUDA: tunebook::rmsprop_step_ (centered, momentum; torch or playbook rule).
 // Contract: csrc/ops.cpp. Per-element math: math::rmsprop_update (csrc/optim_math.h), the
-// same function the CPU loop calls. Launches per call: ceil(tensors / 1800) step
+// same function the CPU loop calls. Launches per call: ceil(tensors / 3600) step
 // increments + ceil(tensors / 624) updates.
 #include "step_scalars.cuh"
 
@@ -73,7 +73,7 @@ void launch_rmsprop_step(const TensorTable& table, const std::vector<void*>& ste
   if (table.count == 0) return;
   // The update reads no step, so the order of the two launches does not matter; the
   // increment goes first as in the contract.
-  launch_prepare(steps, nullptr, args.control, IncrementStep{}, nullptr, stream);
+  launch_prepare<false>(steps, nullptr, args.control, IncrementStep{}, nullptr, stream);
   const RmspropHyper hyper{args.lr, args.alpha, args.eps, args.weight_decay, args.momentum};
   with_bool(args.rule == math::kRulePlaybook, [&](auto playbook) {
     with_bool(args.centered, [&](auto centered) {

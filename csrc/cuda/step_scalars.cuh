@@ -5,7 +5,7 @@
 // update of a tensor's chunks must all use the *incremented* step. Many blocks work on
 // one tensor, and a block cannot know when its siblings have read the counter, so the
 // increment cannot happen inside the update kernel. A tiny "prepare" kernel (one thread
-// per tensor, <= 1,800 tensors per launch) runs first: it skips everything when the
+// per tensor, up to 3,600 tensors per launch) runs first: it skips everything when the
 // step-control flag says so, increments the step, advances the mu product, and writes
 // the tensor's scalars (computed once, in double, by the shared math::*_scalars functions
 // exactly as the CPU path does) into a scratch buffer. Update blocks then read a few
@@ -20,47 +20,57 @@
 namespace tunebook {
 namespace cuda {
 
-constexpr int kMaxPrepareTensors = 1800;
 constexpr int kPrepareThreads = 128;
 
+// One launch's tensors: step pointers and, for NAdam, mu-product pointers. 3,600 tensors
+// per launch with steps only, 1,800 with both.
+template <bool kMuProducts>
 struct PrepareMeta {
-  float* steps[kMaxPrepareTensors];
-  float* mu_products[kMaxPrepareTensors];  // nullptr entries unless NAdam
-  int64_t first;                           // index of steps[0] in the caller's list
+  static constexpr int kMaxTensors = kMuProducts ? 1800 : 3600;
+  float* steps[kMaxTensors];
+  float* mu_products[kMuProducts ? kMaxTensors : 1];
+  int64_t first;  // index of steps[0] in the caller's list
   int32_t count;
 };
-static_assert(sizeof(PrepareMeta) + 256 <= kMaxKernelParamBytes, "prepare table too large");
+static_assert(sizeof(PrepareMeta<true>) + 256 <= kMaxKernelParamBytes &&
+                  sizeof(PrepareMeta<false>) + 256 <= kMaxKernelParamBytes,
+              "prepare table too large");
 
 // `Prepare` provides `__device__ void operator()(int64_t index, float* step,
-// float* mu_product, void* scratch) const`.
-template <typename Prepare>
+// float* mu_product, void* scratch) const` (mu_product is nullptr without kMuProducts).
+template <bool kMuProducts, typename Prepare>
 __global__ void __launch_bounds__(kPrepareThreads)
-    prepare_kernel(const __grid_constant__ PrepareMeta meta, const float* control,
+    prepare_kernel(const __grid_constant__ PrepareMeta<kMuProducts> meta, const float* control,
                    Prepare prepare, void* scratch) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= meta.count) return;
   if (control[math::kControlSkip] != 0.0f) return;  // skipped step: nothing changes
-  prepare(meta.first + i, meta.steps[i], meta.mu_products[i], scratch);
+  float* mu_product = nullptr;
+  if constexpr (kMuProducts) mu_product = meta.mu_products[i];
+  prepare(meta.first + i, meta.steps[i], mu_product, scratch);
 }
 
-template <typename Prepare>
+// mu_products: nullptr, or one pointer per step.
+template <bool kMuProducts, typename Prepare>
 void launch_prepare(const std::vector<void*>& steps, const std::vector<void*>* mu_products,
                     const float* control, const Prepare& prepare, void* scratch,
                     cudaStream_t stream) {
+  using Meta = PrepareMeta<kMuProducts>;
   const int64_t n = static_cast<int64_t>(steps.size());
-  PrepareMeta meta;
-  for (int64_t first = 0; first < n; first += kMaxPrepareTensors) {
-    const int64_t count = (n - first < kMaxPrepareTensors) ? n - first : kMaxPrepareTensors;
+  Meta meta;
+  for (int64_t first = 0; first < n; first += Meta::kMaxTensors) {
+    const int64_t count = (n - first < Meta::kMaxTensors) ? n - first : Meta::kMaxTensors;
     meta.first = first;
     meta.count = static_cast<int32_t>(count);
     for (int64_t k = 0; k < count; ++k) {
       meta.steps[k] = static_cast<float*>(steps[first + k]);
-      meta.mu_products[k] =
-          mu_products ? static_cast<float*>((*mu_products)[first + k]) : nullptr;
+      if constexpr (kMuProducts) {
+        meta.mu_products[k] = static_cast<float*>((*mu_products)[first + k]);
+      }
     }
     const int blocks = static_cast<int>((count + kPrepareThreads - 1) / kPrepareThreads);
-    prepare_kernel<Prepare><<<blocks, kPrepareThreads, 0, stream>>>(meta, control, prepare,
-                                                                    scratch);
+    prepare_kernel<kMuProducts, Prepare>
+        <<<blocks, kPrepareThreads, 0, stream>>>(meta, control, prepare, scratch);
     check_launch("the step-prepare kernel");
   }
 }
