@@ -476,3 +476,36 @@ def test_docstring_examples_run(module):
     mod = sch if module == "__init__" else importlib.import_module(f"tunebook.schedules.{module}")
     result = doctest.testmod(mod, verbose=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_device_schedule_drives_tunebook_optimizers(name, forbid_host_reads, monkeypatch):
+    """tunebook's fused optimizers read the 0-dim lr tensor in their kernels: a run with
+    DeviceSchedule matches torch.optim + LambdaLR on the same closed-form schedule."""
+    optim = pytest.importorskip("tunebook.optim")
+    torch.manual_seed(0)
+    data = torch.randn(8, 5)
+    schedule = linear_warmup(cosine_decay_schedule(0.05, 25), 5)
+    kwargs = {"momentum": 0.9, "nesterov": True} if name == "SGD" else {"betas": (0.9, 0.99)}
+
+    def run(make, drive, strict=False):
+        param = torch.nn.Parameter(torch.linspace(-1, 1, 5))
+        opt = make([param])
+        driver = drive(opt)
+        trace = []
+        for k in range(30):
+            opt.zero_grad()
+            ((data @ param).sin() ** 2).mean().backward()
+            if strict and k > 0:  # after state init: optimizer step + schedule step read nothing on the host
+                forbid_host_reads()
+            opt.step()
+            driver.step()
+            monkeypatch.undo()
+            trace.append(param.detach().clone())
+        return torch.stack(trace)
+
+    ours = run(lambda p: getattr(optim, name)(p, lr=0.0, **kwargs),
+               lambda o: DeviceSchedule(o, schedule, total_steps=30), strict=True)
+    ref = run(lambda p: getattr(torch.optim, name)(p, lr=0.05, foreach=False, **kwargs),
+              lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda k: schedule(k) / 0.05))
+    torch.testing.assert_close(ours, ref, rtol=2e-5, atol=2e-6)
