@@ -509,3 +509,36 @@ def test_device_schedule_drives_tunebook_optimizers(name, forbid_host_reads, mon
     ref = run(lambda p: getattr(torch.optim, name)(p, lr=0.05, foreach=False, **kwargs),
               lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda k: schedule(k) / 0.05))
     torch.testing.assert_close(ours, ref, rtol=2e-5, atol=2e-6)
+
+
+# ----------------------------------------------------------------------- properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    peak=st.floats(1e-6, 10.0),
+    warmup=st.integers(0, 50),
+    decay=st.integers(1, 200),
+    alpha=st.floats(0.0, 1.0),
+    at=st.integers(0, 100),
+    extra=st.integers(0, 100),
+)
+def test_composed_schedules_properties(peak, warmup, decay, alpha, at, extra):
+    base = linear_warmup(cosine_decay_schedule(peak, decay, alpha=alpha), warmup)
+    steps = np.arange(0, warmup + decay + 20)
+    values = base(steps)
+    # Scalar and array forms agree; values stay between the floor and the peak.
+    np.testing.assert_array_equal(values, [base(int(s)) for s in steps])
+    assert values.min() >= 0 and values.max() <= peak * (1 + 1e-12)
+    assert base(warmup) == pytest.approx(peak) and base(warmup + decay + 5) == pytest.approx(alpha * peak)
+    # Warmup rises monotonically, then the decay never rises.
+    assert np.all(np.diff(values[: warmup + 1]) >= 0) and np.all(np.diff(values[warmup:]) <= 1e-15)
+    # Extending the constant phase shifts the rest of the schedule by exactly `extra`.
+    longer = extend_constant_phase(base, at_step=at, extra_steps=extra)
+    t = np.arange(at, at + 150)
+    np.testing.assert_array_equal(longer(t + extra), base(t))
+    np.testing.assert_array_equal(longer(np.arange(at)), base(np.arange(at)))
+    assert np.all(longer(np.arange(at, at + extra)) == base(at))
