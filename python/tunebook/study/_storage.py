@@ -4,6 +4,8 @@ with retries for the transient errors of a shared database."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import os
 import random
@@ -27,6 +29,33 @@ DEFAULT_STORAGE = "sqlite:///tunebook.db"
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
+_write_locks: dict[int, _WriterQueue] = {}
+
+
+class _WriterQueue:
+    """Queues SQLite writers on ``flock`` of a file beside the database.
+
+    SQLite's busy handler makes a blocked writer sleep in growing steps (up to 100 ms),
+    so under contention the lock sits idle between sleeps. ``flock`` waits in the
+    kernel and wakes the next writer as soon as the lock is released: with 8 workers
+    this multiplies claims per second. ``BEGIN IMMEDIATE`` and the busy timeout still
+    guard against writers that do not use this queue.
+    """
+
+    def __init__(self, database: str) -> None:
+        self.path = os.path.abspath(os.path.expanduser(database)) + "-tunebook-lock"
+        self.local = threading.local()  # one open file per thread: flock excludes between them
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        fd = getattr(self.local, "fd", None)
+        if fd is None:
+            fd = self.local.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def default_storage() -> str:
@@ -41,6 +70,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     else:
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        _write_locks[id(engine)] = _WriterQueue(url.database)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -107,6 +137,7 @@ def _after_fork_in_child() -> None:
     for engine in _engines.values():
         engine.dispose(close=False)
     _engines.clear()
+    _write_locks.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -115,7 +146,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 @contextmanager
 def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
     """A transaction; on SQLite a write transaction holds the write lock from the start."""
-    with engine.connect() as connection:
+    queue = _write_locks.get(id(engine)) if write else None
+    with queue.hold() if queue is not None else contextlib.nullcontext(), engine.connect() as connection:
         connection.execution_options(tunebook_write=write)
         with connection.begin():
             yield connection
