@@ -159,4 +159,3 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     # blue of the plotted trials (matplotlib's C0) appears only if the images render.
     blue = np.mean((pixels[..., 2] > 0.55) & (pixels[..., 0] < 0.35))
     assert blue > 2e-4, f"only {blue:.4%} of the page is plot blue: are the images rendered?"
-    Path("/tmp/tunebook-report-screenshot.png").write_bytes(shot.read_bytes())
