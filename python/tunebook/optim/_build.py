@@ -44,8 +44,10 @@ __all__ = ["build_library", "library_backends", "csrc_dir"]
 #   CPUs never loads a binary built for another one.
 # -fno-math-errno: lets sqrtf vectorise (vsqrtps) instead of calling libm for errno; it does not
 #   change any result. No -ffast-math: NaN/inf must propagate exactly as in torch.
+# -ffp-contract=off: no fused multiply-adds, so each operation rounds as in torch's op-by-op
+#   single-tensor path (the oracle); the loops are memory-bound, so FMAs would buy nothing.
 # -fopenmp: at::parallel_for is an inline template that expands to `#pragma omp parallel`.
-_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
+_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
 _NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 
