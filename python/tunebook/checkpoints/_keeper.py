@@ -171,6 +171,7 @@ class CheckpointKeeper:
         self.keep, self.metric, self.mode, self.tie = keep, metric, mode, tie
         self.keep_latest, self.async_save, self.fsync = keep_latest, async_save, fsync
         self._state_lock = threading.RLock()
+        self._commit_lock = threading.Lock()  # one commit at a time, whichever thread saves
         self._entries: dict[int, CheckpointInfo] = {}
         self._latest: CheckpointInfo | None = None
         self._pending_steps: set[int] = set()
@@ -352,6 +353,10 @@ class CheckpointKeeper:
     def _commit(self, step: int, payload: Any, metrics: dict[str, float]) -> SaveResult:
         import torch
 
+        with self._commit_lock:
+            return self._commit_locked(step, payload, metrics, torch)
+
+    def _commit_locked(self, step: int, payload: Any, metrics: dict[str, float], torch: Any) -> SaveResult:
         try:
             _phase("start")
             value = metrics[self.metric]
