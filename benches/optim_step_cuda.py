@@ -144,7 +144,7 @@ def case_foreach_family(name: str, n_params: int, bw: float, args) -> None:
 
 
 def transformer_like_sizes(count: int = 2000, seed: int = 0) -> list[int]:
-    """Weights, biases and norms of a stack of small layers: ~2000 tensors, ~80M params."""
+    """Weights, biases and norms of a stack of small layers: ~2000 tensors, ~227M params."""
     gen = torch.Generator().manual_seed(seed)
     sizes = []
     while len(sizes) < count:
