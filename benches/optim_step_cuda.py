@@ -144,11 +144,11 @@ def case_foreach_family(name: str, n_params: int, bw: float, args) -> None:
 
 
 def transformer_like_sizes(count: int = 2000, seed: int = 0) -> list[int]:
-    """Weights, biases and norms of a stack of small layers: ~2000 tensors, ~227M params."""
+    """Weights, biases and norms of a stack of small layers: ~2000 tensors, ~29M params."""
     gen = torch.Generator().manual_seed(seed)
     sizes = []
     while len(sizes) < count:
-        width = int(torch.randint(256, 1025, (1,), generator=gen))
+        width = int(torch.randint(64, 385, (1,), generator=gen))
         sizes += [width * width, width, width, width]  # weight, bias, norm weight, norm bias
     return sizes[:count]
 
