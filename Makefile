@@ -27,6 +27,9 @@ test-rust:
 	cargo test --release --quiet
 
 test-python: develop
+	# Build (or reuse) the C++ kernels once up front, with a visible message, rather than
+	# inside the first optimizer test.
+	$(PY) -c "import tunebook.optim as o; print('tunebook kernels:', o.build_library())"
 	$(PY) -m pytest -q
 
 ## bench: every benchmark in benches/, printing tables of medians and ratios.

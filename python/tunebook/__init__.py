@@ -7,6 +7,7 @@ Subpackages:
     tunebook.study        studies and trials (ask/tell) over SQLite or PostgreSQL.
     tunebook.schedules    learning-rate schedules as pure functions of the step.
     tunebook.analysis     the playbook's plots and warnings, data separated from drawing.
+    tunebook.report       the self-contained HTML study report (write_report).
 
 The most used names are re-exported here lazily, so ``import tunebook`` stays cheap
 (torch is imported only when an optimizer or a checkpoint is touched).
@@ -25,6 +26,11 @@ _EXPORTS = {
     "Study": "tunebook.study",
     "Trial": "tunebook.study",
     "CheckpointKeeper": "tunebook.checkpoints",
+    "SGD": "tunebook.optim",
+    "RMSprop": "tunebook.optim",
+    "Adam": "tunebook.optim",
+    "AdamW": "tunebook.optim",
+    "NAdam": "tunebook.optim",
 }
 
 __all__ = ["__version__", *_EXPORTS]
