@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cuda_toolkit import cuda_home, install_hint
 
 REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
@@ -31,28 +31,6 @@ CU_SOURCES = sorted((CSRC / "cuda").glob("*.cu"))
 HOST_SOURCES = [CSRC / "cuda" / "ops_cuda.cpp", CSRC / "ops.cpp"]
 # Hopper: the GPU the performance goals are stated for.
 ARCH_FLAGS = ["-gencode=arch=compute_90,code=sm_90"]
-
-
-def cuda_home() -> Path | None:
-    """The CUDA toolkit root: $CUDA_HOME/$CUDA_PATH, the pip wheel, /usr/local/cuda, PATH."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            return Path(os.environ[var])
-    major = (torch.version.cuda or "").split(".")[0]
-    try:
-        import nvidia  # namespace package of NVIDIA's wheels
-
-        roots = [Path(p) for p in nvidia.__path__]
-    except ImportError:
-        roots = []
-    for root in roots:
-        for sub in (f"cu{major}", "cuda_nvcc"):
-            if (root / sub / "bin" / "nvcc").exists():
-                return root / sub
-    if Path("/usr/local/cuda/bin/nvcc").exists():
-        return Path("/usr/local/cuda")
-    nvcc = shutil.which("nvcc")
-    return Path(nvcc).resolve().parent.parent if nvcc else None
 
 
 def _schema_names() -> list[str]:
@@ -76,11 +54,8 @@ def build(tmp_path_factory):
     """Compiles every source once (two jobs at a time); returns (dir, {name: (rc, log)})."""
     home = cuda_home()
     if home is None or not (home / "bin" / "nvcc").exists():
-        major = (torch.version.cuda or "13").split(".")[0]
-        pytest.skip(
-            "nvcc not found (checked $CUDA_HOME, the cuda-toolkit wheel and /usr/local/cuda); "
-            f'install it with: pip install "cuda-toolkit[nvcc,crt,nvvm,cccl,cudart]=={major}.*"'
-        )
+        pytest.skip("nvcc not found (checked $CUDA_HOME, the cuda-toolkit wheel, "
+                    f"/usr/local/cuda and PATH); install it with: {install_hint()}")
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
     out = tmp_path_factory.mktemp("cuda_build")

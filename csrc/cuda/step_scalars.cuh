@@ -36,6 +36,14 @@ static_assert(sizeof(PrepareMeta<true>) + 256 <= kMaxKernelParamBytes &&
                   sizeof(PrepareMeta<false>) + 256 <= kMaxKernelParamBytes,
               "prepare table too large");
 
+#if defined(TUNEBOOK_HOST_EMULATION)
+namespace emulation {
+template <bool kMuProducts, typename Prepare>
+void run_prepare(int blocks, const PrepareMeta<kMuProducts>& meta, const float* control,
+                 const Prepare& prepare, void* scratch);
+}  // namespace emulation
+#endif
+
 // `Prepare` provides `__device__ void operator()(int64_t index, float* step,
 // float* mu_product, void* scratch) const` (mu_product is nullptr without kMuProducts).
 template <bool kMuProducts, typename Prepare>
@@ -69,8 +77,12 @@ void launch_prepare(const std::vector<void*>& steps, const std::vector<void*>* m
       }
     }
     const int blocks = static_cast<int>((count + kPrepareThreads - 1) / kPrepareThreads);
+#if defined(TUNEBOOK_HOST_EMULATION)
+    emulation::run_prepare<kMuProducts>(blocks, meta, control, prepare, scratch);
+#else
     prepare_kernel<kMuProducts, Prepare>
         <<<blocks, kPrepareThreads, 0, stream>>>(meta, control, prepare, scratch);
+#endif
     check_launch("the step-prepare kernel");
   }
 }
