@@ -12,14 +12,25 @@
 
 namespace tunebook {
 namespace cuda {
-namespace {
 
 constexpr int kSumThreads = 1024;
+
+#if defined(TUNEBOOK_HOST_EMULATION)
+namespace emulation {  // defined by tests/cuda_emulation/emulate_kernels.cpp
+double block_sum(double value);
+void run_sum_partials(const double* partials, int64_t count, float* out);
+}  // namespace emulation
+#endif
+
+namespace {
 
 // Sum of `value` over the block, valid in thread 0. Fixed shuffle/shared-memory order.
 template <int kThreads>
 __device__ __forceinline__ double block_sum(double value) {
   static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block size");
+#if defined(TUNEBOOK_HOST_EMULATION)
+  return emulation::block_sum(value);
+#else
   __shared__ double warp_sums[kThreads / 32];
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -37,6 +48,7 @@ __device__ __forceinline__ double block_sum(double value) {
     }
   }
   return value;
+#endif
 }
 
 template <typename G>
@@ -66,6 +78,8 @@ struct SquaresFunctor {
   }
 };
 
+}  // namespace
+
 __global__ void __launch_bounds__(kSumThreads)
     sum_partials_kernel(const double* partials, int64_t count, float* out) {
   double mine = 0.0;
@@ -73,8 +87,6 @@ __global__ void __launch_bounds__(kSumThreads)
   const double total = block_sum<kSumThreads>(mine);
   if (threadIdx.x == 0) out[0] = static_cast<float>(total);
 }
-
-}  // namespace
 
 int64_t grad_sq_norm_partial_count(const TensorTable& grads) { return count_chunks(grads); }
 
@@ -96,8 +108,12 @@ int64_t launch_grad_sq_norm_partials(const TensorTable& grads, DType dtype, doub
 }
 
 void launch_sum_partials(const double* partials, int64_t count, float* out, void* stream_ptr) {
+#if defined(TUNEBOOK_HOST_EMULATION)
+  emulation::run_sum_partials(partials, count, out);
+#else
   sum_partials_kernel<<<1, kSumThreads, 0, static_cast<cudaStream_t>(stream_ptr)>>>(
       partials, count, out);
+#endif
   check_launch("grad_sq_norm (final sum)");
 }
 

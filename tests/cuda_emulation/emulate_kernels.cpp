@@ -21,6 +21,7 @@ int warpSize = 32;
 }
 
 #include "cuda/adam.cu"
+#include "cuda/grad_norm.cu"
 #include "cuda/nadam.cu"
 #include "cuda/rmsprop.cu"
 #include "cuda/sgd.cu"
@@ -38,6 +39,25 @@ namespace tunebook {
 namespace cuda {
 namespace emulation {
 
+// Threads run in descending order, so thread 0 comes last: block_sum then returns the
+// block's total to thread 0 (the only thread that uses it), as on the GPU.
+double g_block_total = 0.0;
+double block_sum(double value) {
+  if (threadIdx.x == blockDim.x - 1) g_block_total = 0.0;
+  g_block_total += value;
+  return g_block_total;
+}
+
+void run_sum_partials(const double* partials, int64_t count, float* out) {
+  blockDim = dim3(kSumThreads, 1, 1);
+  gridDim = dim3(1, 1, 1);
+  blockIdx = make_uint3(0, 0, 0);
+  for (int t = kSumThreads - 1; t >= 0; --t) {
+    threadIdx = make_uint3(t, 0, 0);
+    sum_partials_kernel(partials, count, out);
+  }
+}
+
 // The body of multi_tensor_kernel (locate the chunk, run the functor) for every thread of
 // every block; the table is passed by reference instead of being copied per thread.
 template <int Depth, typename Functor, typename... Args>
@@ -47,7 +67,7 @@ void run_multi_tensor(int blocks, const TensorListMeta<Depth>& meta, const Funct
   gridDim = dim3(blocks, 1, 1);
   for (int b = 0; b < blocks; ++b) {
     blockIdx = make_uint3(b, 0, 0);
-    for (int t = 0; t < kBlockSize; ++t) {
+    for (int t = kBlockSize - 1; t >= 0; --t) {
       threadIdx = make_uint3(t, 0, 0);
       const ChunkRef ref = locate_chunk(meta);
       functor(meta, ref, args...);
@@ -62,7 +82,7 @@ void run_prepare(int blocks, const PrepareMeta<kMuProducts>& meta, const float* 
   gridDim = dim3(blocks, 1, 1);
   for (int b = 0; b < blocks; ++b) {
     blockIdx = make_uint3(b, 0, 0);
-    for (int t = 0; t < kPrepareThreads; ++t) {
+    for (int t = kPrepareThreads - 1; t >= 0; --t) {
       threadIdx = make_uint3(t, 0, 0);
       prepare_kernel<kMuProducts, Prepare>(meta, control, prepare, scratch);
     }
@@ -255,13 +275,15 @@ const std::vector<std::pair<DType, DType>> kDtypes = {
     {DType::kFloat16, DType::kFloat32}};
 
 void check_adam(bool amsgrad, bool decoupled, double wd, bool maximize, int rule, bool skip,
-                bool lr_tensor, DType p, DType s) {
+                bool lr_tensor, DType p, DType s,
+                const std::vector<int64_t>& sizes = test_sizes()) {
   const std::string name = std::string("adam ams=") + std::to_string(amsgrad) +
                            " decoupled=" + std::to_string(decoupled) + " wd=" +
                            std::to_string(wd) + " max=" + std::to_string(maximize) + " rule=" +
                            std::to_string(rule) + " skip=" + std::to_string(skip) + " " +
-                           dtype_name(p) + "/" + dtype_name(s);
-  Problem got(test_sizes(), p, s, 3, 1);
+                           dtype_name(p) + "/" + dtype_name(s) + " tensors=" +
+                           std::to_string(sizes.size());
+  Problem got(sizes, p, s, 3, 1);
   Problem want = got.deep_copy();
   float control[2] = {0.7f, skip ? 1.0f : 0.0f};
   const double lr_value = 0.01;
@@ -456,9 +478,57 @@ void check_locate_chunk() {
   ++g_checks;
 }
 
+// grad_sq_norm as ops_cuda.cpp runs it: one partials launch per grad dtype into one
+// workspace (block_base), then the final sum. 1,700 grads: two launches for one dtype.
+void check_grad_norm() {
+  std::vector<int64_t> sizes = test_sizes();
+  for (int i = 0; i < 750; ++i) sizes.push_back(2 + i % 5);
+  const DType dtypes[3] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<std::shared_ptr<Buffer>> buffers;
+  TensorTable tables[3] = {TensorTable(1, 0), TensorTable(1, 0), TensorTable(1, 0)};
+  double expected = 0.0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    // Most grads float32 (so that table overflows), every 7th bf16, every 11th fp16.
+    const int d = i % 7 == 0 ? 1 : i % 11 == 0 ? 2 : 0;
+    auto buf = std::make_shared<Buffer>(sizes[i], dtypes[d], i % 3 == 0 ? 1 : 0);
+    for (int64_t e = 0; e < sizes[i]; ++e) {
+      store(buf->data, dtypes[d], e, normal(gen));
+      const double v = load(buf->data, dtypes[d], e);
+      expected += v * v;
+    }
+    buffers.push_back(buf);
+    TensorTable& t = tables[d];
+    t.count += 1;
+    t.ptrs.push_back(buf->data);
+    t.numel.push_back(sizes[i]);
+  }
+  int64_t count = 0;
+  for (const auto& t : tables) count += grad_sq_norm_partial_count(t);
+  std::vector<double> partials(count, std::nan(""));
+  int64_t written = 0;
+  for (int d = 0; d < 3; ++d) {
+    written += launch_grad_sq_norm_partials(tables[d], dtypes[d], partials.data(), written,
+                                            nullptr);
+  }
+  float out = std::nanf("");
+  launch_sum_partials(partials.data(), written, &out, nullptr);
+  ++g_checks;
+  bool ok = written == count;
+  for (double v : partials) ok = ok && !std::isnan(v);
+  ok = ok && std::fabs(out - expected) <= 1e-6 * expected;
+  if (!ok) {
+    std::printf("FAIL grad_sq_norm: %lld of %lld partials, sum %.9g vs %.9g\n",
+                static_cast<long long>(written), static_cast<long long>(count), out, expected);
+    ++g_failures;
+  }
+}
+
 }  // namespace
 
 int main() {
+  check_grad_norm();
   check_locate_chunk();
   for (const auto& [p, s] : kDtypes) {
     check_adam(true, false, 0.01, true, math::kRuleTorch, false, false, p, s);
@@ -470,6 +540,9 @@ int main() {
   check_adam(false, true, 0.1, false, math::kRulePlaybook, false, true, f32, f32);
   check_adam(false, false, 0.0, false, math::kRuleTorch, false, true, bf16, f32);
   check_adam(true, false, 0.01, false, math::kRuleTorch, true, false, f32, f32);  // skipped
+  // More tensors than one step-prepare launch holds (3600) and than 6 update launches.
+  check_adam(false, false, 0.0, false, math::kRuleTorch, false, false, f32, f32,
+             std::vector<int64_t>(3700, 2));
   check_sgd(0.0, 0.0, 0.0, false, false, bf16, bf16);
   check_sgd(0.0, 0.0, 0.01, false, true, f32, f32);
   check_sgd(0.8, 0.3, 0.0, false, false, f32, f32);
