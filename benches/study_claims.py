@@ -35,6 +35,7 @@ def worker(kind: str, storage: str, name: str, start_at: float, quota: int) -> N
         from tunebook.study import Study
 
         study = Study.load(name, storage)
+        study.params(0)  # rebuild the space from storage before the clock starts
         time.sleep(max(0.0, start_at - time.time()))
         while (trial := study.ask(lease_seconds=60)) is not None:
             trial.report(step=0, valid_loss=trial.params["lr"])

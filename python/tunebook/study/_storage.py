@@ -125,7 +125,9 @@ def get_engine(storage: str) -> Engine:
             if url.get_backend_name() == "sqlite":
                 engine = _sqlite_engine(url)
             elif url.get_backend_name() == "postgresql":
-                engine = sa.create_engine(_postgres_driver(url), pool_pre_ping=True, pool_size=4, max_overflow=4)
+                # No pre-ping (a round trip per transaction): run_transaction retries on a
+                # connection found dead instead.
+                engine = sa.create_engine(_postgres_driver(url), pool_size=4, max_overflow=4)
             else:
                 raise ValueError(f"storage must be a SQLite or PostgreSQL URL, got {url.get_backend_name()!r}")
             _engines[storage] = engine

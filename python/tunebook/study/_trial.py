@@ -188,14 +188,14 @@ class Trial:
                 if rows or state is not None:
                     if rows:
                         _upsert_metrics(connection, rows)
-                    best = _best_from_storage(connection, self._id, study.metric, study.mode)
-                    best_step, best_value = best if best is not None else (None, None)
-                    params.update(b_best_step=best_step, b_best_value=best_value)
+                    # The best (step, value) is recomputed inside the UPDATE, from
+                    # everything stored: exact even after re-reports and reclaims.
+                    params["b_name"] = study.metric
                     if state is not None:
                         params.update(b_state=state, b_reason=reason or None)
-                        statement = _FINISH
+                        statement = _FINISH[study.mode]
                     else:
-                        statement = _RENEW_WITH_BEST
+                        statement = _RENEW_WITH_BEST[study.mode]
                 else:
                     statement = _RENEW
                 # The UPDATE checks this worker still holds the claim; on PostgreSQL it
@@ -239,22 +239,25 @@ class Trial:
         return f"Trial(study={self.study.name!r}, index={self.index}, state={self.state!r}, params={self.params})"
 
 
-def _best_query(mode: str) -> sa.Select:
+def _best_query(mode: str, column: sa.Column) -> sa.ScalarSelect:
+    """The best finite value of the study metric for the trial being updated (a
+    correlated subquery): finite values only, ties to the earlier step."""
     value = metrics_table.c.value
     finite = (
-        (metrics_table.c.trial_id == sa.bindparam("b_id"))
+        (metrics_table.c.trial_id == trials_table.c.id)
         & (metrics_table.c.name == sa.bindparam("b_name"))
         & value.is_not(None)
         & (value > -math.inf)
         & (value < math.inf)
     )
     order = value.asc() if mode == "min" else value.desc()
-    return sa.select(metrics_table.c.step, value).where(finite).order_by(order, metrics_table.c.step.asc()).limit(1)
+    return (
+        sa.select(column).where(finite).order_by(order, metrics_table.c.step.asc()).limit(1).scalar_subquery()
+    )
 
 
 # Statements built once: constructing SQLAlchemy expressions per call costs more than
 # running them on SQLite.
-_BEST = {"min": _best_query("min"), "max": _best_query("max")}
 _OWNED = (
     (trials_table.c.id == sa.bindparam("b_id"))
     & (trials_table.c.claim == sa.bindparam("b_claim"))
@@ -263,17 +266,18 @@ _OWNED = (
 _RENEW = trials_table.update().where(_OWNED).values(
     updated_at=sa.bindparam("b_now"), lease_expires=sa.bindparam("b_lease")
 )
-_RENEW_WITH_BEST = _RENEW.values(best_step=sa.bindparam("b_best_step"), best_value=sa.bindparam("b_best_value"))
-_FINISH = _RENEW_WITH_BEST.values(
-    state=sa.bindparam("b_state"), finished_at=sa.bindparam("b_now"), reason=sa.bindparam("b_reason")
-)
-
-
-def _best_from_storage(connection: Connection, trial_id: int, metric: str, mode: str) -> tuple[int, float] | None:
-    """The trial's best (step, value) of the study metric, over everything stored:
-    finite values only, ties to the earlier step."""
-    row = connection.execute(_BEST[mode], {"b_id": trial_id, "b_name": metric}).first()
-    return (int(row.step), float(row.value)) if row is not None else None
+_RENEW_WITH_BEST = {
+    mode: _RENEW.values(
+        best_step=_best_query(mode, metrics_table.c.step), best_value=_best_query(mode, metrics_table.c.value)
+    )
+    for mode in ("min", "max")
+}
+_FINISH = {
+    mode: statement.values(
+        state=sa.bindparam("b_state"), finished_at=sa.bindparam("b_now"), reason=sa.bindparam("b_reason")
+    )
+    for mode, statement in _RENEW_WITH_BEST.items()
+}
 
 
 @dataclass(frozen=True)
