@@ -69,7 +69,7 @@ server_user() {
 
 as_server() {
     if [ "$(id -u)" -eq 0 ]; then
-        runuser -u "$SERVER_USER" -- "$@"
+        (cd / && runuser -u "$SERVER_USER" -- "$@")  # its own cwd may be closed to it
     else
         "$@"
     fi
@@ -129,7 +129,7 @@ start() {
     fi
     if [ "$(id -u)" -eq 0 ]; then
         chown "$SERVER_USER" "$PGROOT"
-        if ! runuser -u "$SERVER_USER" -- test -w "$PGROOT"; then
+        if ! as_server test -w "$PGROOT"; then
             # A parent directory (e.g. /root) is closed to the server's user: keep the
             # cluster under /tmp instead, one per checkout, and remember where.
             PGROOT="/tmp/tunebook-pg-$(echo "$ROOT" | md5sum | cut -c1-12)"
