@@ -76,7 +76,9 @@ def bench_saves(repeats: int) -> None:
             def keep_async() -> None:
                 async_keeper.save(next(counter), state, {"loss": float(rng.random())})
 
-            plain()  # warm up the page cache and torch's serializer
+            for warm_up in (plain, durable, keep, keep_async):  # page cache, serializer, thread
+                warm_up()
+            async_keeper.flush()
             t_plain = median_ms(plain, repeats)
             t_durable = median_ms(durable, repeats)
             t_keep = median_ms(keep, repeats)
