@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A project-local PostgreSQL server on loopback, for the study tests and benches.
 #
-#   scripts/postgres.sh start   # install (Debian's package) if needed, init, start; prints the URL
+#   scripts/postgres.sh start   # install (Debian's package) if needed, init, start
 #                               # (on failure: a warning and exit 0; start-strict exits non-zero)
 #   scripts/postgres.sh stop
 #   scripts/postgres.sh status
-#   scripts/postgres.sh url     # prints the URL of the running server
+#   scripts/postgres.sh url     # prints the URL of the running server (it holds the password)
 #
 # The cluster lives in .tunebook/pg (git-ignored), listens only on 127.0.0.1 on a free
 # port, has no Unix socket, and requires a random password. Its URL is written to
@@ -124,7 +124,7 @@ setup_paths() {
 start() {
     mkdir -p "$PGROOT"
     if running && [ -f "$URL_FILE" ] && ready; then
-        url
+        log "already running on 127.0.0.1:$(cat "$PGROOT/port") (URL in $URL_FILE)"
         return 0
     fi
     if [ "$(id -u)" -eq 0 ]; then
@@ -174,7 +174,6 @@ start() {
     umask 022
     ready || { log "the server started but does not answer; see $DATA/server.log"; exit 1; }
     log "running on 127.0.0.1:$port (URL in $URL_FILE)"
-    url
 }
 
 stop() {
