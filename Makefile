@@ -44,7 +44,7 @@ $(VENV)/.deps-stamp: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" "maturin>=1.7,<2"
 	# nvcc matching torch's CUDA, so `make test` compile-checks the .cu sources.
-	$(PY) -m pip install --quiet "cuda-toolkit[nvcc]==$$($(PY) -c 'import torch; print(torch.version.cuda)').*"
+	$(PY) -m pip install --quiet "cuda-toolkit[nvcc,crt,nvvm,cccl,cudart]==$$($(PY) -c 'import torch; print(torch.version.cuda)').*"
 	maturin develop --release --quiet --extras dev
 	touch $@
 

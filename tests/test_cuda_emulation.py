@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cuda_toolkit import cuda_include_dir, install_hint
+from tunebook.optim._cuda_toolkit import cuda_include_dir, install_hint
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tests" / "cuda_emulation" / "emulate_kernels.cpp"

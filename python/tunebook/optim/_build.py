@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from ._cuda_toolkit import cuda_home, cudart_link_dir
+
 __all__ = ["build_library", "library_backends", "csrc_dir"]
 
 # -O3: the loops in csrc/cpu/ rely on GCC's vectoriser (on at -O3, also with -O2 since GCC 12
@@ -49,7 +51,10 @@ __all__ = ["build_library", "library_backends", "csrc_dir"]
 # -fopenmp: at::parallel_for is an inline template that expands to `#pragma omp parallel`.
 _CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
-_NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
+# No --use_fast_math: it makes division and sqrt approximate and flushes denormals, so the
+# results would drift from torch.optim (whose CUDA kernels use IEEE div.rn/sqrt.rn); the
+# kernels are memory-bound, so it would buy nothing.
+_NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 _lock = threading.Lock()
 _warned_fallback = False
@@ -81,10 +86,19 @@ def _native_target(cxx: str) -> str:
     return repr(keep) + repr(sorted(enabled))
 
 
-def _cuda_wanted() -> bool:
-    from torch.utils.cpp_extension import CUDA_HOME
+def _use_cuda_home() -> Path | None:
+    """Finds the CUDA toolkit (also the pip one) and points cpp_extension at it."""
+    from torch.utils import cpp_extension
 
-    if torch.version.cuda is None or CUDA_HOME is None:
+    home = cuda_home()
+    if home is not None and cpp_extension.CUDA_HOME is None:
+        os.environ.setdefault("CUDA_HOME", str(home))
+        cpp_extension.CUDA_HOME = str(home)  # read by load(); computed once at import
+    return home
+
+
+def _cuda_wanted() -> bool:
+    if torch.version.cuda is None or _use_cuda_home() is None:
         return False
     if os.environ.get("TUNEBOOK_BUILD_CUDA") == "1":
         return True
@@ -161,15 +175,22 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
             file=sys.stderr, flush=True,
         )
     old_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    ldflags = list(_LDFLAGS)
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
+        home = _use_cuda_home()
+        if home is None:
+            raise RuntimeError("with_cuda=True but no CUDA toolkit (nvcc) was found")
+        link_dir = cudart_link_dir(build_dir, home)
+        if link_dir is not None:
+            ldflags.append(f"-L{link_dir}")
     try:
         cpp_extension.load(
             name=name,
             sources=[str(s) for s in _sources(with_cuda)],
             extra_cflags=_CFLAGS,
             extra_cuda_cflags=_NVCC_FLAGS,
-            extra_ldflags=_LDFLAGS,
+            extra_ldflags=ldflags,
             extra_include_paths=[str(csrc_dir())],
             build_directory=str(build_dir),
             with_cuda=with_cuda,

@@ -1,4 +1,10 @@
-"""Where the CUDA toolkit is, for the tests that compile CUDA sources without a GPU."""
+"""Where the CUDA toolkit is: the JIT build and the compile-check tests both ask here.
+
+``pip install "cuda-toolkit[nvcc,...]"`` puts nvcc under ``site-packages/nvidia/cu13/bin``,
+which is not on PATH, so torch.utils.cpp_extension (which looks only at $CUDA_HOME, the nvcc
+on PATH and /usr/local/cuda) would not find it; and that layout ships only the versioned
+``libcudart.so.13``, while cpp_extension always links with ``-lcudart``.
+"""
 
 from __future__ import annotations
 
@@ -51,3 +57,26 @@ def _nvidia_roots() -> list[Path]:
     except ImportError:
         return []
     return [Path(p) for p in nvidia.__path__]
+
+
+def cudart_link_dir(build_dir: Path, home: Path) -> Path | None:
+    """A directory to pass as ``-L`` so that ``-lcudart`` resolves, or None if not needed.
+
+    When the toolkit has only ``libcudart.so.<major>`` (the pip layout), a symlink named
+    ``libcudart.so`` is made under ``build_dir/cuda_link``; the linked library then records
+    ``libcudart.so.<major>``, the same runtime torch itself loads.
+    """
+    for lib in ("lib64", "lib"):
+        if (home / lib / "libcudart.so").exists():
+            return None
+    versioned = sorted((home / "lib").glob("libcudart.so.*")) + sorted(
+        (home / "lib64").glob("libcudart.so.*")
+    )
+    if not versioned:
+        return None
+    link_dir = build_dir / "cuda_link"
+    link_dir.mkdir(parents=True, exist_ok=True)
+    link = link_dir / "libcudart.so"
+    if not link.exists():
+        link.symlink_to(versioned[0])
+    return link_dir
