@@ -3,6 +3,7 @@ state_dict compatibility with torch.optim, lr schedulers, errors."""
 
 from __future__ import annotations
 
+import collections
 import io
 import math
 
@@ -243,3 +244,99 @@ def test_errors_are_clear():
     p.grad = torch.zeros(3).to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
+
+
+def _set_grads_in_place(groups, grads):
+    """zero_grad(set_to_none=False) style: the same grad tensors, new values."""
+    for group, row in zip(groups, grads):
+        for p, g in zip(group, row):
+            if g is None:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", FAMILY_CASES, ids=FAMILY_IDS)
+def test_cached_step_lists_follow_every_change_like_torch(case, backend):
+    """tunebook reuses each group's op lists between steps; every change that torch.optim
+    sees on its next step must be seen too: params appended to a group in place, a param
+    whose grad appears (step 5), disappears (9) and comes back (12), load_state_dict
+    mid-training (7, each loads the other's state), add_param_group (10), state tensors
+    replaced (13) and a per-param state dict replaced (16), a grad with other strides than
+    its param (15), grads reused in place (17-19)."""
+    _, tb_cls, torch_cls, kwargs = case
+    groups = make_params(11)
+    ref = clone_params(groups)
+    gen = torch.Generator().manual_seed(11)
+    late = torch.randn(6, generator=gen).requires_grad_()
+    extra = torch.randn(5, 3, generator=gen).requires_grad_()
+    late_ref, extra_ref = clone_params([[late, extra]])[0]
+    tb = tb_cls(param_groups(groups, kwargs), **kwargs, backend=backend, max_grad_norm=250.0)
+    th = torch_cls(param_groups(ref, kwargs), **kwargs, foreach=False)
+    runs = [(tb, groups, late, extra), (th, ref, late_ref, extra_ref)]
+    for step in range(20):
+        if step == 3:
+            for opt, gs, lp, _ in runs:
+                opt.param_groups[0]["params"].append(lp)
+                gs[0].append(lp)
+        if step == 7:
+            saved = []
+            for opt, *_ in runs:
+                buffer = io.BytesIO()
+                torch.save(opt.state_dict(), buffer)
+                buffer.seek(0)
+                saved.append(buffer)
+            tb.load_state_dict(torch.load(saved[1]))
+            th.load_state_dict(torch.load(saved[0]))
+        if step == 10:
+            for opt, gs, _, ep in runs:
+                opt.add_param_group(dict(params=[ep], lr=kwargs["lr"] * 2))
+                gs.append([ep])
+        if step == 13:
+            for opt, gs, *_ in runs:
+                state = opt.state[gs[1][0]]
+                for key in list(state):
+                    state[key] = state[key].clone()
+        if step == 16:
+            for opt, gs, *_ in runs:
+                p = gs[0][0]
+                opt.state[p] = {key: value.clone() for key, value in opt.state[p].items()}
+        grads = grads_for_step(groups, step, 11)
+        if len(grads[0]) > 6 and not (5 <= step < 9 or step >= 12):
+            grads[0][6] = None  # `late`
+        for opt, gs, *_ in runs:
+            (_set_grads_in_place if step >= 17 else set_grads)(gs, grads)
+            if step == 15:  # same values, transposed memory layout (strides (1, 3))
+                p = gs[0][0]
+                p.grad = p.grad.t().contiguous().t()
+                assert p.grad.stride() != p.stride()
+        torch.nn.utils.clip_grad_norm_([p for g in ref for p in g if p.grad is not None], 250.0)
+        tb.step()
+        th.step()
+    assert_states_close(tb, th, groups, ref, **TOL)
+    assert tb.grad_norms().steps == 20
+
+
+def test_resetting_the_state_mapping_restarts_like_torch():
+    groups = make_params(12)
+    ref = clone_params(groups)
+    kwargs = dict(lr=0.01)
+    tb = tbo.Adam(param_groups(groups, kwargs), **kwargs)
+    th = torch.optim.Adam(param_groups(ref, kwargs), **kwargs, foreach=False)
+    for step in range(8):
+        if step == 3:  # a common way to reset an optimizer
+            tb.state = collections.defaultdict(dict)
+            th.state = collections.defaultdict(dict)
+        if step == 5:
+            tb.state.clear()
+            th.state.clear()
+        grads = grads_for_step(groups, step, 12)
+        set_grads(groups, grads)
+        set_grads(ref, grads)
+        tb.step()
+        th.step()
+    assert_states_close(tb, th, groups, ref, **TOL)
+    assert float(tb.state[groups[0][0]]["step"]) == 3

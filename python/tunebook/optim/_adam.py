@@ -91,11 +91,13 @@ class Adam(FusedOptimizer):
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
         )
 
-    def _family_step(self, group, params, grads, control, lr_tensor, lr, ops) -> None:
+    def _plan_key(self, group):
+        return bool(group["amsgrad"])
+
+    def _collect_state(self, group, params):
         amsgrad = group["amsgrad"]
-        exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], []
-        for p in params:
-            state = self.state[p]
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
             if len(state) == 0:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -106,17 +108,18 @@ class Adam(FusedOptimizer):
                     )
             elif amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            if amsgrad:
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-            steps.append(state["step"])
+        keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq" if amsgrad else None, "step")
+        lists = [[state[key] for state in states] if key else [] for key in keys]
+        return keys, lists, True
+
+    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
+        exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = lists
         beta1, beta2 = group["betas"]
         ops.adam_step_(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, control, lr_tensor,
             lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
-            bool(amsgrad), bool(group["maximize"]), bool(group["decoupled_weight_decay"]),
-            F.RULES[self.rule],
+            bool(group["amsgrad"]), bool(group["maximize"]),
+            bool(group["decoupled_weight_decay"]), F.RULES[self.rule],
         )
 
 

@@ -78,19 +78,19 @@ class NAdam(FusedOptimizer):
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
         )
 
-    def _family_step(self, group, params, grads, control, lr_tensor, lr, ops) -> None:
-        exp_avgs, exp_avg_sqs, mu_products, steps = [], [], [], []
-        for p in params:
-            state = self.state[p]
+    def _collect_state(self, group, params):
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
             if len(state) == 0:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["mu_product"] = torch.ones((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            mu_products.append(state["mu_product"])
-            steps.append(state["step"])
+        keys = ("exp_avg", "exp_avg_sq", "mu_product", "step")
+        return keys, [[state[key] for state in states] for key in keys], True
+
+    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
+        exp_avgs, exp_avg_sqs, mu_products, steps = lists
         beta1, beta2 = group["betas"]
         ops.nadam_step_(
             params, grads, exp_avgs, exp_avg_sqs, mu_products, steps, control, lr_tensor, lr,

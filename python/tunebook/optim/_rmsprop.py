@@ -75,11 +75,13 @@ class RMSprop(FusedOptimizer):
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
         )
 
-    def _family_step(self, group, params, grads, control, lr_tensor, lr, ops) -> None:
+    def _plan_key(self, group):
+        return (float(group["momentum"]) > 0, bool(group["centered"]))
+
+    def _collect_state(self, group, params):
         momentum, centered = float(group["momentum"]), bool(group["centered"])
-        square_avgs, grad_avgs, buffers, steps = [], [], [], []
-        for p in params:
-            state = self.state[p]
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
             if len(state) == 0:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 fill = torch.ones_like if self.rule == "playbook" else torch.zeros_like
@@ -88,14 +90,17 @@ class RMSprop(FusedOptimizer):
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if centered and "grad_avg" not in state:
                 state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            square_avgs.append(state["square_avg"])
-            if momentum > 0:
-                buffers.append(state["momentum_buffer"])
-            if centered:
-                grad_avgs.append(state["grad_avg"])
-            steps.append(state["step"])
+        keys = (
+            "square_avg", "grad_avg" if centered else None,
+            "momentum_buffer" if momentum > 0 else None, "step",
+        )
+        return keys, [[state[key] for state in states] if key else [] for key in keys], True
+
+    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
+        square_avgs, grad_avgs, buffers, steps = lists
         ops.rmsprop_step_(
             params, grads, square_avgs, grad_avgs, buffers, steps, control, lr_tensor, lr,
-            float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]), momentum,
-            centered, bool(group["maximize"]), F.RULES[self.rule],
+            float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
+            float(group["momentum"]), bool(group["centered"]), bool(group["maximize"]),
+            F.RULES[self.rule],
         )

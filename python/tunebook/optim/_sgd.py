@@ -73,15 +73,12 @@ class SGD(FusedOptimizer):
 
     _scalar_state_keys = ()
 
-    def _family_step(self, group, params, grads, control, lr_tensor, lr, ops) -> None:
-        momentum = float(group["momentum"])
-        args = (
-            control, lr_tensor, lr, momentum, float(group["dampening"]),
-            float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]),
-        )
-        if momentum == 0:
-            ops.sgd_step_(params, grads, [], *args, False)
-            return
+    def _plan_key(self, group):
+        return float(group["momentum"]) != 0
+
+    def _collect_state(self, group, params):
+        if float(group["momentum"]) == 0:
+            return (None, None), [[], []], True
         first: list[int] = []
         buffers: list[Tensor] = []
         for i, p in enumerate(params):
@@ -92,7 +89,20 @@ class SGD(FusedOptimizer):
                 state["momentum_buffer"] = buf
                 first.append(i)
             buffers.append(buf)
-        if not first:
+        # Buffers made this step start as buf = g (torch's clone): the lists hold for one
+        # step only while some are new.
+        return ("momentum_buffer", None), [buffers, first], not first
+
+    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
+        buffers, first = lists
+        momentum = float(group["momentum"])
+        args = (
+            control, lr_tensor, lr, momentum, float(group["dampening"]),
+            float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]),
+        )
+        if momentum == 0:
+            ops.sgd_step_(params, grads, [], *args, False)
+        elif not first:
             ops.sgd_step_(params, grads, buffers, *args, False)
         elif len(first) == len(params):
             ops.sgd_step_(params, grads, buffers, *args, True)
