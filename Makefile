@@ -30,7 +30,7 @@ test-python: develop
 	# Build (or reuse) the C++ kernels once up front, with a visible message, rather than
 	# inside the first optimizer test.
 	$(PY) -c "import tunebook.optim as o; print('tunebook kernels:', o.build_library())"
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 ## bench: every benchmark in benches/, printing tables of medians and ratios.
 bench: develop
