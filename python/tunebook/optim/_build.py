@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -168,6 +169,17 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
     build_dir = cache_root / "ops" / name
     build_dir.mkdir(parents=True, exist_ok=True)
     library = build_dir / f"{name}.so"
+    if library.exists():
+        # The cache key covers every input, so a library under it is current: load it
+        # directly. Going through cpp_extension.load would take its lock file (which a
+        # process killed mid-load leaves behind, blocking every later process) and re-run
+        # ninja, which rebuilds when the same sources sit at another path (a second checkout).
+        try:
+            torch.ops.load_library(str(library))
+            return library
+        except OSError:
+            library.unlink()  # a link step cut short: rebuild it
+    _remove_stale_lock(build_dir)
     if not library.exists():
         print(
             f"tunebook: compiling the optimizer kernels ({'CPU+CUDA' if with_cuda else 'CPU'}) "
@@ -204,6 +216,25 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
             else:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
     return library
+
+
+# A build takes minutes; a lock older than this was left by a process that died holding it.
+_STALE_LOCK_SECONDS = 30 * 60
+
+
+def _remove_stale_lock(build_dir: Path) -> None:
+    """Removes cpp_extension's build lock if its holder evidently died (it waits forever)."""
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > _STALE_LOCK_SECONDS:
+        warnings.warn(
+            f"tunebook: removing a stale build lock {lock} ({age / 60:.0f} min old)",
+            RuntimeWarning, stacklevel=3,
+        )
+        lock.unlink(missing_ok=True)
 
 
 def _ensure_ninja_on_path() -> None:
