@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _functional as F
 from ._base import DEFAULT_NORM_LOG_CAPACITY, FusedOptimizer
-from ._common_doc import EXTRAS_DOC, check_common, check_rule
+from ._common_doc import EXTRAS_DOC, check_betas, check_common, check_rule
 
 __all__ = ["Adam", "AdamW"]
 
@@ -72,11 +72,7 @@ class Adam(FusedOptimizer):
         backend: str | None = None,
     ) -> None:
         check_common(lr, eps, weight_decay)
-        for i, beta in enumerate(betas):
-            if isinstance(beta, Tensor):
-                raise ValueError(f"betas[{i}] as a Tensor is not supported by tunebook")
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta} must be in [0, 1)")
+        check_betas(betas)
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled_default
         self.rule = check_rule(rule)

@@ -34,6 +34,15 @@ def check_common(lr: Any, eps: float | None, weight_decay: float) -> None:
         raise ValueError(f"Invalid weight_decay value: {weight_decay=} must be >= 0")
 
 
+def check_betas(betas: Any) -> None:
+    """Adam's and NAdam's betas: two floats in [0, 1) (Tensor betas are not supported)."""
+    for i, beta in enumerate(betas):
+        if isinstance(beta, Tensor):
+            raise ValueError(f"betas[{i}] as a Tensor is not supported by tunebook")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta} must be in [0, 1)")
+
+
 def check_rule(rule: str) -> str:
     if rule not in ("torch", "playbook"):
         raise ValueError(f"{rule=} must be 'torch' (torch.optim's formulas) or 'playbook'")

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _functional as F
 from ._base import DEFAULT_NORM_LOG_CAPACITY, FusedOptimizer
-from ._common_doc import EXTRAS_DOC, check_common, check_rule
+from ._common_doc import EXTRAS_DOC, check_betas, check_common, check_rule
 
 __all__ = ["NAdam"]
 
@@ -61,9 +61,7 @@ class NAdam(FusedOptimizer):
         backend: str | None = None,
     ) -> None:
         check_common(lr, eps, weight_decay)
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta} must be in [0, 1)")
+        check_betas(betas)
         if not 0.0 <= momentum_decay:
             raise ValueError(f"Invalid momentum_decay value: {momentum_decay=} must be >= 0")
         self.rule = check_rule(rule)
