@@ -42,8 +42,10 @@ def postgres_url() -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def storage(request, tmp_path):
+    if request.param == "memory":
+        return f"memory://{uuid.uuid4().hex}"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/studies.db"
     return postgres_url()
@@ -201,6 +203,8 @@ def _spawn(storage: str, name: str, mode: str, start_at: float, lease: float) ->
 
 @pytest.mark.slow
 def test_eight_workers_claim_each_trial_once_and_reclaim_a_killed_ones(storage, name):
+    if storage.startswith("memory:"):
+        pytest.skip("an in-memory storage lives in one process")
     n = 48
     study = Study(name, StandInSpace(), storage=storage, max_trials=n)
     victim = _spawn(storage, name, "hang", time.time(), 1.0)

@@ -3,6 +3,9 @@
 ``tunebook_meta`` holds ``schema_version``. Opening a database creates the tables when
 missing, refuses a database written by a newer tunebook, and runs the migrations in
 :data:`MIGRATIONS` (version ``v`` to ``v + 1``) on an older one, in one transaction.
+A read-only open (:func:`check_schema`) creates and migrates nothing.
+
+Versions: 1, the first; 2 adds ``tunebook_study_attrs``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tunebook.study._storage import run_transaction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -75,8 +78,25 @@ metrics = sa.Table(
     sa.Column("value", sa.Float, nullable=True),
 )
 
+# A study's named JSON values (Study.set_attr / Study.attrs): what the playbook's
+# procedures record for the report. One row per key, so writers of different keys never
+# overwrite each other.
+study_attrs = sa.Table(
+    "tunebook_study_attrs",
+    metadata,
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("tunebook_studies.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("value_json", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+def _v1_to_v2(connection: Connection) -> None:
+    study_attrs.create(connection, checkfirst=True)
+
+
 #: Migrations: MIGRATIONS[v] upgrades a version-v database to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
 
 
 class SchemaVersionError(RuntimeError):
@@ -120,6 +140,31 @@ def ensure_schema(engine: Engine) -> None:
     if not (inspector_has_meta and run_transaction(engine, check, write=False)):
         run_transaction(engine, _ensure, write=True, retry_integrity=True)
     _ready.add(id(engine))
+
+
+def check_schema(engine: Engine) -> bool:
+    """For a read-only open: whether the database holds tunebook's tables, at this
+    tunebook's schema version. Creates nothing.
+
+    Raises:
+        SchemaVersionError: the database was written by another version (a newer one:
+            upgrade tunebook; an older one: open it once for writing, which upgrades it).
+    """
+    if not sa.inspect(engine).has_table("tunebook_meta"):
+        return False
+    version = schema_version(engine)
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database has schema version {version}, newer than this tunebook's "
+            f"({SCHEMA_VERSION}); upgrade tunebook to open it"
+        )
+    if version < SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database has schema version {version}, older than this tunebook's ({SCHEMA_VERSION}), "
+            "and a read-only open does not upgrade it: open the study once for writing (for example "
+            "Study(name, storage=...)), which upgrades it in place"
+        )
+    return True
 
 
 def schema_version(engine: Engine) -> int:
