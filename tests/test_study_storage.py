@@ -63,20 +63,25 @@ def test_claims_are_exclusive_between_threads(url):
     store = open_storage(url)
     row = store.create_study(_fields(f"threads-{uuid.uuid4().hex[:8]}", max_trials=60))
     got: list[int] = []
+    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def work() -> None:
-        while (claimed := store.claim(row.id, "w", 60.0, lambda i: NewTrial({"i": i}))) is not None:
-            assert claimed.params == {"i": claimed.index}
-            store.finish(claimed.id, claimed.claim, "complete", None, [("loss", 0, 1.0)], "loss", "min")
-            with lock:
-                got.append(claimed.index)
+        try:
+            while (claimed := store.claim(row.id, "w", 60.0, lambda i: NewTrial({"i": i}, seed=i))) is not None:
+                assert claimed.params == {"i": claimed.index} and claimed.point == claimed.index
+                store.finish(claimed.id, claimed.claim, "complete", None, [("loss", 0, 1.0)], "loss", "min")
+                with lock:
+                    got.append(claimed.index)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(error)
 
     threads = [threading.Thread(target=work) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert not errors, errors
     assert sorted(got) == list(range(60)) and max(Counter(got).values()) == 1
     assert [t.state for t in store.get_trials(row.id)] == ["complete"] * 60
 
@@ -84,11 +89,11 @@ def test_claims_are_exclusive_between_threads(url):
 def test_writes_check_the_claim(url):
     store = open_storage(url)
     row = store.create_study(_fields(f"lease-{uuid.uuid4().hex[:8]}"))
-    first = store.claim(row.id, "a", 0.01, lambda i: NewTrial({}))
+    first = store.claim(row.id, "a", 0.01, lambda i: NewTrial({}, seed=0))
     import time
 
     time.sleep(0.05)
-    second = store.claim(row.id, "b", 60.0, lambda i: NewTrial({}))
+    second = store.claim(row.id, "b", 60.0, lambda i: NewTrial({}, seed=0))
     assert (second.index, second.claim) == (first.index, 2), "an expired lease is claimed again"
     for write in (lambda: store.renew(first.id, first.claim, 1.0),
                   lambda: store.report(first.id, first.claim, [("loss", 1, 0.5)], 1.0, "loss", "min"),
@@ -114,7 +119,7 @@ _values = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([math.nan, math.inf, -
 def test_best_value_follows_the_reference_rule(url, reports, mode):
     store = open_storage(url)
     row = store.create_study(_fields(f"best-{uuid.uuid4().hex}", mode=mode))
-    claimed = store.claim(row.id, "w", 60.0, lambda i: NewTrial({}))
+    claimed = store.claim(row.id, "w", 60.0, lambda i: NewTrial({}, seed=0))
     expected: dict[int, float] = {}
     for batch in reports:
         store.report(claimed.id, claimed.claim, [("loss", s, v) for s, v in batch], 60.0, "loss", mode)

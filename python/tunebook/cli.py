@@ -5,6 +5,8 @@ export, and reports.
     tunebook study show NAME [--storage URL] [--sort index|best] [--limit N]
     tunebook study export NAME --csv FILE [--history] [--storage URL]
     tunebook report STUDY [--storage URL] [--out FILE]
+    tunebook compare BASELINE[:TRIAL] CANDIDATE[:TRIAL] [--storage URL] [--confidence C]
+    tunebook log [--storage URL] [--markdown | --csv FILE]
 
 ``--storage`` defaults to ``$TUNEBOOK_STORAGE`` or ``sqlite:///tunebook.db``.
 ``--csv -`` writes to standard output.
@@ -173,6 +175,45 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_and_trial(text: str, storage: str | None) -> Any:
+    """``NAME`` (the study's best trial) or ``NAME:TRIAL``, opened read-only."""
+    from tunebook.study import Study
+
+    name, _, index = text.rpartition(":")
+    if name and index.isdigit():
+        return Study.load(name, storage, read_only=True), int(index)
+    return Study.load(text, storage, read_only=True)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tunebook.playbook import compare
+
+    result = compare(_study_and_trial(args.baseline, args.storage), _study_and_trial(args.candidate, args.storage),
+                     confidence=args.confidence, min_replicates=args.min_replicates)
+    print(result.message)
+    for warning in result.warnings:
+        print(f"  ! {warning.message}")
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    from tunebook.playbook._log import LOG_COLUMNS, log_cells, to_markdown, tuning_log, write_csv
+
+    rows = tuning_log(args.storage)
+    if args.csv:
+        with _open_csv(args.csv) as file:
+            write_csv(rows, file)
+        return 0
+    if args.markdown:
+        sys.stdout.write(to_markdown(rows))
+        return 0
+    if not rows:
+        print("no studies in this storage")
+        return 0
+    _table([label for _, label in LOG_COLUMNS], [log_cells(row) for row in rows], sys.stdout)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunebook", description="Track and inspect tuning studies.")
     storage_help = "database URL (default: $TUNEBOOK_STORAGE or sqlite:///tunebook.db)"
@@ -203,6 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", default=None, help=storage_help)
     report.add_argument("--out", default=None, metavar="FILE", help="output path (default chosen by the report)")
     report.set_defaults(run=_report)
+
+    compare = commands.add_parser(
+        "compare", help="adopt a change? compare two trials with their replicates (the playbook's rule)",
+        description="Compares two trials, each with its replicates (Study.rerun): the difference of the best "
+                    "metric, its uncertainty from both trial variances, and a verdict: adopt, no detectable "
+                    "difference, worse, or too few replicates (rerun with n=... to decide).")
+    compare.add_argument("baseline", help="STUDY (its best trial) or STUDY:TRIAL")
+    compare.add_argument("candidate", help="STUDY (its best trial) or STUDY:TRIAL")
+    compare.add_argument("--storage", default=None, help=storage_help)
+    compare.add_argument("--confidence", type=float, default=0.9, help="interval level (default 0.9)")
+    compare.add_argument("--min-replicates", type=int, default=3, help="fewer replicates: too few (default 3)")
+    compare.set_defaults(run=_compare)
+
+    log = commands.add_parser("log", help="the tuning log: one row per round (study), in order")
+    log.add_argument("--storage", default=None, help=storage_help)
+    formats = log.add_mutually_exclusive_group()
+    formats.add_argument("--markdown", action="store_true", help="write the table as Markdown")
+    formats.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV ('-' for stdout)")
+    log.set_defaults(run=_log)
     return parser
 
 

@@ -20,17 +20,25 @@ two processes creating the same name at once see one success and one
 listed in :data:`UPDATABLE_STUDY_FIELDS`. Study attributes are a key → JSON value map
 per study; setting a key replaces its value atomically.
 
-**Trials.** A trial row has a unique ``index`` per study, its parameters, a state and
-a claim counter. States: ``running`` (claimed, or waiting to be claimed when its
-``claim`` is 0), ``complete``, ``infeasible``, ``failed``; the last three are final.
+**Trials.** A trial row has a unique ``index`` per study (0, 1, 2, ... in creation
+order), its parameters, its training ``seed``, its ``kind`` and a claim counter.
+Kinds: ``quasirandom`` (with ``point``, its Halton index: unique per study, 0, 1, 2,
+... in creation order), ``replicate`` (with ``parent``, the index of the trial it
+repeats) and ``exploit`` (proposed by a Bayesian sampler). States: ``running``
+(claimed, or waiting for its first claim when its ``claim`` is 0), ``complete``,
+``infeasible``, ``failed``; the last three are final.
 
-**Claims.** :meth:`~StudyStorage.claim` is atomic: across every process and machine
-sharing the storage, each call returns a trial no other live call got. It takes, in
-this order, (1) the running trial of lowest index whose lease expired (its worker died
-or stopped heartbeating) or that waits for its first claim, incrementing its
-``claim``; (2) else a new quasi-random trial at the next Halton point, if the study's
-``max_trials`` allows one. A claim carries a lease: ``lease_expires = now +
-lease_seconds``.
+**Claims** are atomic: across every process and machine sharing the storage, each
+call returns a trial no other live call got. :meth:`~StudyStorage.claim` takes, in this
+order, (1) the running trial of lowest index whose lease expired (its worker died or
+stopped heartbeating) or that waits for its first claim, incrementing its ``claim``;
+(2) else a new quasi-random trial at the next Halton point, if fewer than the study's
+``max_trials`` quasi-random trials exist. :meth:`~StudyStorage.claim_new_trial` inserts
+and claims a trial proposed outside the storage (an exploitation trial), only while
+fewer than a limit of its kind exist and only if no trial was created since the
+proposal was made. :meth:`~StudyStorage.add_replicates` tops a trial's replicates up
+to ``n`` atomically (two workers asking for 5 replicates make 5, not 10); they wait
+for claims. A claim carries a lease: ``lease_expires = now + lease_seconds``.
 
 **Writes by a worker** (:meth:`~StudyStorage.renew`, :meth:`~StudyStorage.report`,
 :meth:`~StudyStorage.finish`) name the trial and the claim they hold. Each checks, in
@@ -64,7 +72,10 @@ STORED_STATES = ("running", "complete", "infeasible", "failed")
 FINAL_STATES = ("complete", "infeasible", "failed")
 
 #: The fields :meth:`StudyStorage.update_study` may change.
-UPDATABLE_STUDY_FIELDS = ("max_trials", "config_path", "notes", "command")
+UPDATABLE_STUDY_FIELDS = ("max_trials", "config_path", "notes", "command", "goal", "roles_json", "conclusion",
+                          "adopted_trial", "concluded_at", "exploit_json")
+#: Trial kinds.
+KINDS = ("quasirandom", "replicate", "exploit")
 
 
 class LeaseLostError(RuntimeError):
@@ -78,6 +89,11 @@ class StudyExistsError(ValueError):
 
 class ReadOnlyStorageError(PermissionError):
     """A write was attempted through a storage opened read-only."""
+
+
+class StaleProposalError(RuntimeError):
+    """:meth:`StudyStorage.claim_new_trial`: a trial was created after the proposal was
+    made from the trials then stored; propose again from the new ones."""
 
 
 @dataclass(frozen=True)
@@ -96,13 +112,31 @@ class StudyRow:
     notes: str
     command: str | None
     created_at: float
+    goal: str | None = None
+    roles_json: str | None = None
+    conclusion: str | None = None
+    adopted_trial: int | None = None
+    concluded_at: float | None = None
+    exploit_json: str | None = None
 
 
 @dataclass(frozen=True)
 class NewTrial:
-    """What a new trial is created with: its parameters."""
+    """What a new trial is created with (the storage gives it its index).
+
+    Attributes:
+        params: its parameters.
+        seed: its training seed.
+        kind: one of :data:`KINDS`.
+        point: the Halton index of a quasi-random trial, else None.
+        parent: the trial a replicate repeats, else None.
+    """
 
     params: dict[str, Any]
+    seed: int
+    kind: str = "quasirandom"
+    point: int | None = None
+    parent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,12 +148,17 @@ class ClaimedTrial:
         index: its index in the study.
         params: its parameters.
         claim: the claim counter this worker holds (1 for a first claim).
+        kind, point, parent, seed: as in :class:`NewTrial`.
     """
 
     id: int
     index: int
     params: dict[str, Any]
     claim: int
+    kind: str = "quasirandom"
+    point: int | None = None
+    parent: int | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +178,10 @@ class TrialRow:
     best_step: int | None
     best_value: float | None
     metric_names: tuple[str, ...] = field(default=())
+    kind: str = "quasirandom"
+    point: int | None = None
+    parent: int | None = None
+    seed: int | None = None
 
 
 History = tuple[np.ndarray, np.ndarray]
@@ -204,13 +247,53 @@ class StudyStorage(abc.ABC):
             study_id: the study.
             worker: the claiming worker's name.
             lease_seconds: the lease, from now.
-            make_trial: builds a new trial for a Halton point; called inside the
-                claim, so it must be fast and side-effect free (it may be called for
-                a point that another worker then wins: the storage calls it again
-                for the next).
+            make_trial: builds the quasi-random trial of a Halton point; called
+                inside the claim, so it must be fast and side-effect free (it may be
+                called for a point that another worker then wins: the storage calls it
+                again for the next).
 
         Returns:
-            The claimed trial, or None when no trial is free and the study is full.
+            The claimed trial, or None when no trial is free and the study has its
+            ``max_trials`` quasi-random trials.
+        """
+
+    @abc.abstractmethod
+    def claim_new_trial(
+        self,
+        study_id: int,
+        trial: NewTrial,
+        worker: str,
+        lease_seconds: float,
+        *,
+        kind_limit: int,
+        if_last_index: int | None,
+    ) -> ClaimedTrial | None:
+        """Atomically inserts ``trial`` claimed by ``worker``, at the next index.
+
+        Args:
+            kind_limit: insert only while fewer than this many trials of
+                ``trial.kind`` exist; else return None.
+            if_last_index: the highest trial index the proposal saw (None: it saw no
+                trial). If the study now holds a higher one, insert nothing and raise
+                :class:`StaleProposalError`.
+        """
+
+    @abc.abstractmethod
+    def add_replicates(
+        self, study_id: int, parent: int, n: int, make_replicate: Callable[[int], NewTrial]
+    ) -> list[int]:
+        """Atomically tops the replicates of trial ``parent`` up to ``n``.
+
+        Replicates are numbered 1, 2, ... in creation order; ``make_replicate(r)``
+        builds number ``r`` for each one missing. New replicates wait for a claim
+        (state running, claim 0, lease expired).
+
+        Returns:
+            The indices of the trial's first ``n`` replicates (all of them when it
+            already had more).
+
+        Raises:
+            KeyError: the study has no trial ``parent``.
         """
 
     # ------------------------------------------------------------------ a worker's writes

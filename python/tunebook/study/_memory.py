@@ -24,6 +24,7 @@ from tunebook.study._contract import (
     LeaseLostError,
     NewTrial,
     ReadOnlyStorageError,
+    StaleProposalError,
     StudyExistsError,
     StudyRow,
     StudyStorage,
@@ -144,22 +145,73 @@ class InMemoryStorage(StudyStorage):
                 trial = self._data.trials[indices[index]]
                 row = trial.row
                 if row.state == "running" and row.lease_expires is not None and row.lease_expires < now:
-                    trial.row = replace(row, claim=row.claim + 1, worker=worker, lease_expires=now + lease_seconds)
-                    return ClaimedTrial(row.id, index, copy.deepcopy(row.params), row.claim + 1)
-            index = max(indices) + 1 if indices else 0
+                    started = now if row.claim == 0 else row.started_at
+                    trial.row = replace(row, claim=row.claim + 1, worker=worker, lease_expires=now + lease_seconds,
+                                        started_at=started)
+                    return self._claimed(trial.row)
+            points = [self._data.trials[i].row.point for i in indices.values()]
+            point = max((p for p in points if p is not None), default=-1) + 1
             max_trials = self._data.studies[study_id].max_trials
-            if max_trials is not None and index >= max_trials:
+            if max_trials is not None and point >= max_trials:
                 return None
-            params = json.loads(dumps_params(make_trial(index).params))
-            trial_id = len(self._data.trials) + 1
-            self._data.trials[trial_id] = _Trial(
-                TrialRow(id=trial_id, index=index, params=params, state="running", worker=worker, claim=1,
-                         lease_expires=now + lease_seconds, started_at=now, finished_at=None, reason=None,
-                         best_step=None, best_value=None),
-                study_id,
-            )
-            indices[index] = trial_id
-            return ClaimedTrial(trial_id, index, copy.deepcopy(params), 1)
+            trial = replace(make_trial(point), kind="quasirandom", point=point, parent=None)
+            return self._insert(study_id, trial, now, worker=worker, claim=1, lease=now + lease_seconds)
+
+    @staticmethod
+    def _claimed(row: TrialRow) -> ClaimedTrial:
+        return ClaimedTrial(row.id, row.index, copy.deepcopy(row.params), row.claim, row.kind, row.point, row.parent,
+                            row.seed)
+
+    def _insert(self, study_id: int, new: NewTrial, now: float, *, worker: str | None, claim: int,
+                lease: float) -> ClaimedTrial:
+        indices = self._data.by_study[study_id]
+        index = max(indices) + 1 if indices else 0
+        trial_id = len(self._data.trials) + 1
+        row = TrialRow(id=trial_id, index=index, params=json.loads(dumps_params(new.params)), state="running",
+                       worker=worker, claim=claim, lease_expires=lease, started_at=now, finished_at=None,
+                       reason=None, best_step=None, best_value=None, kind=new.kind, point=new.point,
+                       parent=new.parent, seed=new.seed)
+        self._data.trials[trial_id] = _Trial(row, study_id)
+        indices[index] = trial_id
+        return self._claimed(row)
+
+    def claim_new_trial(
+        self,
+        study_id: int,
+        trial: NewTrial,
+        worker: str,
+        lease_seconds: float,
+        *,
+        kind_limit: int,
+        if_last_index: int | None,
+    ) -> ClaimedTrial | None:
+        self._check_writable()
+        with self._data.lock:
+            indices = self._data.by_study[study_id]
+            if sum(self._data.trials[i].row.kind == trial.kind for i in indices.values()) >= kind_limit:
+                return None
+            last = max(indices) if indices else None
+            if last != if_last_index:
+                raise StaleProposalError(f"trial {last} was created after the proposal")
+            now = time.time()
+            return self._insert(study_id, trial, now, worker=worker, claim=1, lease=now + lease_seconds)
+
+    def add_replicates(
+        self, study_id: int, parent: int, n: int, make_replicate: Callable[[int], NewTrial]
+    ) -> list[int]:
+        self._check_writable()
+        with self._data.lock:
+            indices = self._data.by_study[study_id]
+            if parent not in indices:
+                raise KeyError(parent)
+            replicates = [index for index in sorted(indices)
+                          if self._data.trials[indices[index]].row.kind == "replicate"
+                          and self._data.trials[indices[index]].row.parent == parent]
+            now = time.time()
+            for number in range(len(replicates) + 1, n + 1):
+                claimed = self._insert(study_id, make_replicate(number), now, worker=None, claim=0, lease=0.0)
+                replicates.append(claimed.index)
+            return replicates[:n]
 
     # ------------------------------------------------------------------ a worker's writes
     def _owned(self, trial_id: int, claim: int) -> _Trial:

@@ -5,7 +5,9 @@ missing, refuses a database written by a newer tunebook, and runs the migrations
 :data:`MIGRATIONS` (version ``v`` to ``v + 1``) on an older one, in one transaction.
 A read-only open (:func:`check_schema`) creates and migrates nothing.
 
-Versions: 1, the first; 2 adds ``tunebook_study_attrs``.
+Versions: 1, the first; 2 adds study attributes (``tunebook_study_attrs``), the round's
+goal, roles and conclusion and the exploitation settings (``tunebook_studies``), and
+each trial's kind, Halton point, parent and training seed (``tunebook_trials``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ studies = sa.Table(
     sa.Column("notes", sa.Text, nullable=False, default=""),
     sa.Column("command", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Version 2: the round of the tuning log, and the exploitation phase.
+    sa.Column("goal", sa.Text, nullable=True),
+    sa.Column("roles_json", sa.Text, nullable=True),
+    sa.Column("conclusion", sa.Text, nullable=True),
+    sa.Column("adopted_trial", sa.Integer, nullable=True),
+    sa.Column("concluded_at", sa.Float, nullable=True),
+    sa.Column("exploit_json", sa.Text, nullable=True),
 )
 
 trials = sa.Table(
@@ -64,7 +73,15 @@ trials = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("best_step", sa.BigInteger, nullable=True),
     sa.Column("best_value", sa.Float, nullable=True),
+    # Version 2. kind: quasirandom | replicate | exploit. point: the Halton index of a
+    # quasi-random trial (else NULL). parent: the trial a replicate repeats. seed: the
+    # training seed handed to the worker.
+    sa.Column("kind", sa.String(16), nullable=False, server_default="quasirandom"),
+    sa.Column("point", sa.Integer, nullable=True),
+    sa.Column("parent", sa.Integer, nullable=True),
+    sa.Column("seed", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("study_id", "trial_index", name="tunebook_trials_study_index"),
+    sa.UniqueConstraint("study_id", "point", name="tunebook_trials_study_point"),
     sa.Index("tunebook_trials_study_state", "study_id", "state"),
 )
 
@@ -92,7 +109,32 @@ study_attrs = sa.Table(
 
 
 def _v1_to_v2(connection: Connection) -> None:
+    from tunebook.study._seeds import trial_seed
+
     study_attrs.create(connection, checkfirst=True)
+    for table, columns in ((studies, ("goal", "roles_json", "conclusion", "adopted_trial", "concluded_at",
+                                      "exploit_json")),
+                           (trials, ("kind", "point", "parent", "seed"))):
+        for name in columns:
+            column = table.c[name]
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {name} {column.type.compile(connection.dialect)}"
+            if name == "kind":
+                ddl += " NOT NULL DEFAULT 'quasirandom'"
+            connection.exec_driver_sql(ddl)
+    # Every version-1 trial is quasi-random: trial i is Halton point i, with the seed a
+    # version-2 study would have given it.
+    connection.execute(trials.update().values(point=trials.c.trial_index))
+    rows = connection.execute(
+        sa.select(trials.c.id, trials.c.trial_index, studies.c.seed).join(studies, studies.c.id == trials.c.study_id)
+    ).all()
+    if rows:
+        connection.execute(
+            trials.update().where(trials.c.id == sa.bindparam("b_id")).values(seed=sa.bindparam("b_seed")),
+            [{"b_id": row.id, "b_seed": trial_seed(int(row.seed), "quasirandom", row.trial_index)} for row in rows],
+        )
+    connection.exec_driver_sql(
+        "CREATE UNIQUE INDEX tunebook_trials_study_point ON tunebook_trials (study_id, point)"
+    )
 
 
 #: Migrations: MIGRATIONS[v] upgrades a version-v database to v + 1.

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from tunebook.study._contract import (
     LeaseLostError,
     NewTrial,
     ReadOnlyStorageError,
+    StaleProposalError,
     StudyExistsError,
     StudyRow,
     StudyStorage,
@@ -41,11 +43,15 @@ from tunebook.study._schema import trials as trials_table
 from tunebook.study._storage import get_engine, run_transaction
 
 # ---------------------------------------------------------------------- the claim (SQLite)
+_CLAIMED_COLUMNS = (trials_table.c.id, trials_table.c.trial_index, trials_table.c.params_json, trials_table.c.claim,
+                    trials_table.c.kind, trials_table.c.point, trials_table.c.parent, trials_table.c.seed)
 _LOCK_STUDY = (
     sa.select(studies_table.c.max_trials).where(studies_table.c.id == sa.bindparam("b_study")).with_for_update()
 )
+# A trial waiting for its first claim (a replicate) starts when it is claimed.
+_STARTED = sa.case((trials_table.c.claim == 0, sa.bindparam("b_now")), else_=trials_table.c.started_at)
 _EXPIRED = (
-    sa.select(trials_table.c.id, trials_table.c.trial_index, trials_table.c.params_json, trials_table.c.claim)
+    sa.select(*_CLAIMED_COLUMNS)
     .where(
         (trials_table.c.study_id == sa.bindparam("b_study"))
         & (trials_table.c.state == "running")
@@ -62,10 +68,18 @@ _RECLAIM = (
         worker=sa.bindparam("b_worker"),
         lease_expires=sa.bindparam("b_lease"),
         updated_at=sa.bindparam("b_now"),
+        started_at=_STARTED,
     )
 )
-_NEXT_INDEX = sa.select(sa.func.coalesce(sa.func.max(trials_table.c.trial_index) + 1, 0)).where(
-    trials_table.c.study_id == sa.bindparam("b_study")
+# The next index and the next Halton point, as two scalar subqueries: each is then one
+# step down a unique index.
+_NEXT = sa.select(
+    sa.select(sa.func.coalesce(sa.func.max(trials_table.c.trial_index) + 1, 0))
+    .where(trials_table.c.study_id == sa.bindparam("b_study"))
+    .scalar_subquery(),
+    sa.select(sa.func.coalesce(sa.func.max(trials_table.c.point) + 1, 0))
+    .where(trials_table.c.study_id == sa.bindparam("b_study"))
+    .scalar_subquery(),
 )
 _INSERT_TRIAL = trials_table.insert().values(
     study_id=sa.bindparam("b_study"),
@@ -73,10 +87,28 @@ _INSERT_TRIAL = trials_table.insert().values(
     params_json=sa.bindparam("b_params"),
     state="running",
     worker=sa.bindparam("b_worker"),
-    claim=1,
+    claim=sa.bindparam("b_claim"),
     lease_expires=sa.bindparam("b_lease"),
     started_at=sa.bindparam("b_now"),
     updated_at=sa.bindparam("b_now"),
+    kind=sa.bindparam("b_kind"),
+    point=sa.bindparam("b_point"),
+    parent=sa.bindparam("b_parent"),
+    seed=sa.bindparam("b_seed"),
+)
+_COUNT_KIND = sa.select(sa.func.count()).where(
+    (trials_table.c.study_id == sa.bindparam("b_study")) & (trials_table.c.kind == sa.bindparam("b_kind"))
+)
+_REPLICATES = (
+    sa.select(trials_table.c.trial_index)
+    .where((trials_table.c.study_id == sa.bindparam("b_study")) & (trials_table.c.parent == sa.bindparam("b_parent"))
+           & (trials_table.c.kind == "replicate"))
+    .order_by(trials_table.c.trial_index)
+)
+_LOCK_TRIAL = (
+    sa.select(trials_table.c.id)
+    .where((trials_table.c.study_id == sa.bindparam("b_study")) & (trials_table.c.trial_index == sa.bindparam("b_index")))
+    .with_for_update()
 )
 
 
@@ -104,8 +136,9 @@ def _postgres_claim_statements() -> tuple[Any, Any, Any, Any]:
             worker=sa.bindparam("b_worker"),
             lease_expires=sa.bindparam("b_lease"),
             updated_at=sa.bindparam("b_now"),
+            started_at=_STARTED,
         )
-        .returning(trials_table.c.id, trials_table.c.trial_index, trials_table.c.params_json, trials_table.c.claim)
+        .returning(*_CLAIMED_COLUMNS)
     )
     others = trials_table.alias("others")
     next_index = (
@@ -113,9 +146,16 @@ def _postgres_claim_statements() -> tuple[Any, Any, Any, Any]:
         .where(others.c.study_id == studies_table.c.id)
         .scalar_subquery()
     )
+    next_point = (
+        sa.select(sa.func.coalesce(sa.func.max(others.c.point) + 1, 0))
+        .where(others.c.study_id == studies_table.c.id)
+        .scalar_subquery()
+    )
     source = sa.select(
         studies_table.c.id,
         next_index,
+        next_point,
+        sa.literal("quasirandom", sa.String),
         sa.literal("", sa.Text),
         sa.literal("running", sa.String),
         sa.bindparam("b_worker", type_=sa.String),
@@ -125,23 +165,24 @@ def _postgres_claim_statements() -> tuple[Any, Any, Any, Any]:
         sa.bindparam("b_now", type_=sa.Float),
     ).where(
         (studies_table.c.id == sa.bindparam("b_study"))
-        & (studies_table.c.max_trials.is_(None) | (studies_table.c.max_trials > next_index))
+        & (studies_table.c.max_trials.is_(None) | (studies_table.c.max_trials > next_point))
     )
-    columns = ["study_id", "trial_index", "params_json", "state", "worker", "claim", "lease_expires",
-               "started_at", "updated_at"]
+    columns = ["study_id", "trial_index", "point", "kind", "params_json", "state", "worker", "claim",
+               "lease_expires", "started_at", "updated_at"]
+    # No conflict target: a loser may collide on (study, index) or on (study, point).
     insert_next = (
         insert(trials_table)
         .from_select(columns, source)
-        .on_conflict_do_nothing(index_elements=["study_id", "trial_index"])
-        .returning(trials_table.c.id, trials_table.c.trial_index)
+        .on_conflict_do_nothing()
+        .returning(trials_table.c.id, trials_table.c.trial_index, trials_table.c.point)
     )
     set_params = (
         trials_table.update()
         .where(trials_table.c.id == sa.bindparam("b_id"))
-        .values(params_json=sa.bindparam("b_params"))
+        .values(params_json=sa.bindparam("b_params"), seed=sa.bindparam("b_seed"))
     )
     full = sa.select(
-        sa.select(sa.func.coalesce(sa.func.max(trials_table.c.trial_index) + 1, 0))
+        sa.select(sa.func.coalesce(sa.func.max(trials_table.c.point) + 1, 0))
         .where(trials_table.c.study_id == sa.bindparam("b_study"))
         .scalar_subquery(),
         sa.select(studies_table.c.max_trials).where(studies_table.c.id == sa.bindparam("b_study")).scalar_subquery(),
@@ -235,8 +276,22 @@ def _study_row(row: Any) -> StudyRow:
     return StudyRow(
         id=row.id, name=row.name, space_class=row.space_class, space_json=row.space_json, seed=int(row.seed),
         max_trials=row.max_trials, metric=row.metric, mode=row.mode, config_path=row.config_path,
-        notes=row.notes, command=row.command, created_at=row.created_at,
+        notes=row.notes, command=row.command, created_at=row.created_at, goal=row.goal, roles_json=row.roles_json,
+        conclusion=row.conclusion, adopted_trial=row.adopted_trial, concluded_at=row.concluded_at,
+        exploit_json=row.exploit_json,
     )
+
+
+def _claimed(row: Any) -> ClaimedTrial:
+    return ClaimedTrial(row.id, row.trial_index, json.loads(row.params_json), row.claim, row.kind, row.point,
+                        row.parent, None if row.seed is None else int(row.seed))
+
+
+def _insert_values(study_id: int, index: int, trial: NewTrial, now: float, *, worker: str | None, claim: int,
+                   lease: float | None) -> dict[str, Any]:
+    return {"b_study": study_id, "b_index": index, "b_params": dumps_params(trial.params), "b_worker": worker,
+            "b_claim": claim, "b_lease": lease, "b_now": now, "b_kind": trial.kind, "b_point": trial.point,
+            "b_parent": trial.parent, "b_seed": trial.seed}
 
 
 class SQLStorage(StudyStorage):
@@ -370,17 +425,15 @@ class SQLStorage(StudyStorage):
                         "b_now": now,
                     },
                 )
-                return ClaimedTrial(expired.id, expired.trial_index, json.loads(expired.params_json), expired.claim + 1)
-            index = connection.execute(_NEXT_INDEX, {"b_study": study_id}).scalar_one()
-            if max_trials is not None and index >= max_trials:
+                return replace(_claimed(expired), claim=expired.claim + 1)
+            index, point = connection.execute(_NEXT, {"b_study": study_id}).one()
+            if max_trials is not None and point >= max_trials:
                 return None
-            params_json = dumps_params(make_trial(index).params)
-            result = connection.execute(
-                _INSERT_TRIAL,
-                {"b_study": study_id, "b_index": index, "b_params": params_json, "b_worker": worker,
-                 "b_lease": now + lease_seconds, "b_now": now},
-            )
-            return ClaimedTrial(result.inserted_primary_key[0], index, json.loads(params_json), 1)
+            trial = replace(make_trial(point), kind="quasirandom", point=point, parent=None)
+            values = _insert_values(study_id, index, trial, now, worker=worker, claim=1, lease=now + lease_seconds)
+            result = connection.execute(_INSERT_TRIAL, values)
+            return ClaimedTrial(result.inserted_primary_key[0], index, json.loads(values["b_params"]), 1, trial.kind,
+                                trial.point, trial.parent, trial.seed)
 
         return self._write(claim, retry_integrity=True)
 
@@ -401,19 +454,70 @@ class SQLStorage(StudyStorage):
             values = {"b_study": study_id, "b_now": now, "b_worker": worker, "b_lease": now + lease_seconds}
             row = connection.execute(_PG_RECLAIM, values).first()
             if row is not None:
-                return ClaimedTrial(row.id, row.trial_index, json.loads(row.params_json), row.claim)
+                return _claimed(row)
             while True:
                 row = connection.execute(_PG_INSERT, values).first()
                 if row is not None:
-                    params_json = dumps_params(make_trial(row.trial_index).params)
-                    connection.execute(_PG_SET_PARAMS, {"b_id": row.id, "b_params": params_json})
-                    return ClaimedTrial(row.id, row.trial_index, json.loads(params_json), 1)
-                index, max_trials = connection.execute(_PG_FULL, {"b_study": study_id}).one()
-                if max_trials is not None and index >= max_trials:
+                    trial = make_trial(row.point)
+                    params_json = dumps_params(trial.params)
+                    connection.execute(_PG_SET_PARAMS, {"b_id": row.id, "b_params": params_json, "b_seed": trial.seed})
+                    return ClaimedTrial(row.id, row.trial_index, json.loads(params_json), 1, "quasirandom", row.point,
+                                        None, trial.seed)
+                point, max_trials = connection.execute(_PG_FULL, {"b_study": study_id}).one()
+                if max_trials is not None and point >= max_trials:
                     return None
                 # Another worker inserted that index first: try the next one.
 
         return self._write(claim, retry_integrity=True)
+
+    def claim_new_trial(
+        self,
+        study_id: int,
+        trial: NewTrial,
+        worker: str,
+        lease_seconds: float,
+        *,
+        kind_limit: int,
+        if_last_index: int | None,
+    ) -> ClaimedTrial | None:
+        def insert(connection: Connection) -> ClaimedTrial | None:
+            now = time.time()
+            # Serialises the inserts of one study (SQLite: BEGIN IMMEDIATE already did).
+            connection.execute(_LOCK_STUDY, {"b_study": study_id})
+            if connection.execute(_COUNT_KIND, {"b_study": study_id, "b_kind": trial.kind}).scalar_one() >= kind_limit:
+                return None
+            index, _ = connection.execute(_NEXT, {"b_study": study_id}).one()
+            if index - 1 != (-1 if if_last_index is None else if_last_index):
+                raise StaleProposalError(f"trial {index - 1} was created after the proposal")
+            values = _insert_values(study_id, index, trial, now, worker=worker, claim=1, lease=now + lease_seconds)
+            result = connection.execute(_INSERT_TRIAL, values)
+            return ClaimedTrial(result.inserted_primary_key[0], index, json.loads(values["b_params"]), 1, trial.kind,
+                                trial.point, trial.parent, trial.seed)
+
+        return self._write(insert, retry_integrity=True)
+
+    def add_replicates(
+        self, study_id: int, parent: int, n: int, make_replicate: Callable[[int], NewTrial]
+    ) -> list[int]:
+        def add(connection: Connection) -> list[int]:
+            now = time.time()
+            # Locking the parent serialises two workers topping up the same trial.
+            if connection.execute(_LOCK_TRIAL, {"b_study": study_id, "b_index": parent}).first() is None:
+                raise KeyError(parent)
+            indices = list(connection.execute(_REPLICATES, {"b_study": study_id, "b_parent": parent}).scalars())
+            if len(indices) < n:
+                index, _ = connection.execute(_NEXT, {"b_study": study_id}).one()
+                rows = []
+                for number in range(len(indices) + 1, n + 1):
+                    # Waiting for a claim: claim 0 and a lease that expired at the epoch.
+                    rows.append(_insert_values(study_id, index, make_replicate(number), now, worker=None, claim=0,
+                                               lease=0.0))
+                    indices.append(index)
+                    index += 1
+                connection.execute(_INSERT_TRIAL, rows)
+            return indices[:n]
+
+        return self._write(add, retry_integrity=True)
 
     # ------------------------------------------------------------------ a worker's writes
     def _owned_update(
@@ -522,6 +626,10 @@ class SQLStorage(StudyStorage):
                 best_step=None if row.best_step is None else int(row.best_step),
                 best_value=None if row.best_value is None else float(row.best_value),
                 metric_names=tuple(sorted(by_trial.get(row.id, ()))),
+                kind=row.kind,
+                point=row.point,
+                parent=row.parent,
+                seed=None if row.seed is None else int(row.seed),
             )
             for row in rows
         ]

@@ -1,4 +1,10 @@
-"""Study: a search space, a seed and a storage URL; trial i is Halton point i."""
+"""Study: a search space, a seed and a storage; quasi-random trial i is Halton point i.
+
+The domain rules of a study live here and only here: which point a trial is, its
+training seed, when the study is full, what "pending" means, replicates, the round's
+roles and conclusion, and when exploitation starts. Persistence is the storage's
+(:mod:`tunebook.study._contract`).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,22 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from tunebook.study._contract import NewTrial, StudyExistsError, StudyRow, StudyStorage, TrialRow, dumps_params
+from tunebook.study._contract import (
+    ClaimedTrial,
+    NewTrial,
+    StudyExistsError,
+    StudyRow,
+    StudyStorage,
+    TrialRow,
+    dumps_params,
+)
+from tunebook.study._roles import Roles, check_roles
+from tunebook.study._seeds import trial_seed
 from tunebook.study._storage import default_storage, open_storage
 from tunebook.study._trial import Trial, TrialRecord
 
@@ -52,12 +69,23 @@ def _default_worker() -> str:
 
 
 class Study:
-    """A tuning study: a search space, a seed, and a storage URL shared by its workers.
+    """A tuning study: a search space, a seed, and a storage shared by its workers.
 
-    Trial ``i`` has the parameters of point ``i`` of the space's scrambled Halton
-    sequence for ``seed``, so every worker, on every machine, agrees on what trial
-    ``i`` is. The study's definition lives in storage, so any worker can reopen it by
-    name alone.
+    The study's quasi-random trials are the points of the space's scrambled Halton
+    sequence for ``seed``: the trial at point ``p`` has the parameters of point ``p``,
+    so every worker, on every machine, agrees on what each trial is. Until the first
+    replicate or exploitation trial, trial ``i`` is point ``i``. Every trial gets a
+    training seed (:attr:`Trial.seed`), stable forever. The study's definition lives in
+    storage, so any worker can reopen it by name alone.
+
+    Besides quasi-random trials a study holds *replicates* (:meth:`rerun`: a trial's
+    parameters trained again with other seeds, to measure the trial variance) and
+    *exploitation* trials (:meth:`exploit`: proposed by Bayesian optimisation once
+    exploration is done). Neither takes a Halton point or counts in ``max_trials``.
+
+    A study is a round of the playbook's incremental tuning loop: it may declare its
+    ``goal`` and its ``scientific``, ``nuisance`` and ``fixed`` hyperparameters
+    (checked against the space), and ends with :meth:`conclude`.
 
     Args:
         name: the study's unique name in this storage.
@@ -70,21 +98,30 @@ class Study:
             many machines, or ``memory://name`` for one process; or a
             :class:`~tunebook.study.StudyStorage`.
         seed: the Halton scrambling seed (default 0 for a new study; checked on reopen).
-        max_trials: how many trials the study runs; None for no limit. Given when
-            reopening, it replaces the stored limit (to extend a study).
+        max_trials: how many quasi-random trials the study runs; None for no limit.
+            Given when reopening, it replaces the stored limit (to extend a study).
         metric: the metric whose best value ranks trials (default "valid_loss").
         mode: "min" or "max" (default "min"); metric and mode are checked on reopen.
         config_path: the config file the study came from (the playbook's study table).
         notes: free text; replaces the stored notes when given on reopen.
         command: the command that reproduces the study.
+        goal: what this round is to find out (the playbook: a narrow goal per round).
+        scientific: the hyperparameters whose effect the round measures (a name or
+            a list); each must be searched by the space.
+        nuisance: the hyperparameters optimised away so that the comparison is fair;
+            each must be searched by the space. Default: every searched hyperparameter
+            that is not scientific. When given, every searched one must have a role.
+        fixed: ``{name: value}`` of the hyperparameters held fixed in this round; none
+            may be searched by the space. Roles are checked when the study is
+            created (or first given to a study that had none) and on reopen.
         read_only: open an existing study without ever creating a database file, a
             table or a lock; every write raises
             :class:`~tunebook.study.ReadOnlyStorageError`.
 
     Raises:
         LookupError: the study does not exist and no space was given.
-        ValueError: reopening with a different space, seed, metric or mode, or
-            creating a study without a space.
+        ValueError: reopening with a different space, seed, metric, mode or roles;
+            roles that disagree with the space.
 
     Example:
         >>> study = Study("lr-wd", space, storage="sqlite:///runs/studies.db", max_trials=64)
@@ -108,6 +145,10 @@ class Study:
         notes: str | None = None,
         command: str | None = None,
         *,
+        goal: str | None = None,
+        scientific: Sequence[str] | str | None = None,
+        nuisance: Sequence[str] | str | None = None,
+        fixed: Mapping[str, Any] | None = None,
         read_only: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
@@ -128,6 +169,8 @@ class Study:
         else:
             self.storage = storage or default_storage()
         space_json = _dumps(space.to_dict()) if space is not None else None
+        declares = any(v is not None for v in (goal, scientific, nuisance, fixed))
+        roles = check_roles(space, goal, scientific, nuisance, fixed) if declares and space is not None else None
         updates = {
             key: value
             for key, value in {"max_trials": max_trials, "config_path": config_path, "notes": notes,
@@ -149,6 +192,8 @@ class Study:
                 "config_path": config_path,
                 "notes": notes or "",
                 "command": command,
+                "goal": roles.goal if roles else None,
+                "roles_json": roles.to_json() if roles else None,
             }
             try:
                 row = self._storage.create_study(fields)
@@ -156,6 +201,17 @@ class Study:
             except StudyExistsError:
                 row = self._storage.get_study(name)  # another worker created it first: reopen
         self._check_definition(row, space_json, seed, metric, mode)
+        if declares:
+            if roles is None:  # reopened by name: check the roles against the stored space
+                roles = check_roles(_load_space(row.space_class, row.space_json), goal, scientific, nuisance, fixed)
+            stored = Roles.from_stored(row.goal, row.roles_json)
+            if stored.declared and stored != roles:
+                raise ValueError(
+                    f"study {name!r} already exists in {self._storage.describe()} with different roles: stored "
+                    f"{stored._asdict()}, given {roles._asdict()}. Reopen it without roles (or the same ones), "
+                    "or start the next round as a new study."
+                )
+            updates.update(goal=roles.goal, roles_json=roles.to_json())
         updates = {key: value for key, value in updates.items() if value != getattr(row, key)}
         if updates:
             row = self._storage.update_study(row.id, updates)
@@ -169,6 +225,7 @@ class Study:
         self.config_path, self.notes, self.command = row.config_path, row.notes, row.command
         self._max_trials = row.max_trials
         self._space_source = (row.space_class, row.space_json)
+        self._row = row
 
     def _check_definition(self, row: Any, space_json: str | None, seed: Any, metric: Any, mode: Any) -> None:
         def differs(what: str, stored: Any, given: Any) -> ValueError:
@@ -220,14 +277,68 @@ class Study:
             self._space = _load_space(*self._space_source)
         return self._space
 
+    def _refresh(self) -> StudyRow:
+        """Re-reads the study's row (another worker may have changed it)."""
+        row = self._storage.get_study(self.name)
+        if row is not None:
+            self._set_row(row)
+        return self._row
+
     @property
     def max_trials(self) -> int | None:
         """The number of quasi-random trials, None for no limit (read from storage: another
         worker may have extended the study)."""
-        row = self._storage.get_study(self.name)
-        if row is not None:
-            self._max_trials = row.max_trials
-        return self._max_trials
+        return self._refresh().max_trials
+
+    @property
+    def roles(self) -> Roles:
+        """The round's declared goal and scientific, nuisance and fixed hyperparameters."""
+        return Roles.from_stored(self._row.goal, self._row.roles_json)
+
+    @property
+    def goal(self) -> str:
+        """The round's goal ("" when none was declared)."""
+        return self._row.goal or ""
+
+    @property
+    def conclusion(self) -> Conclusion | None:
+        """The round's conclusion (:meth:`conclude`), or None."""
+        row = self._refresh()
+        if row.conclusion is None:
+            return None
+        return Conclusion(row.conclusion, row.adopted_trial, row.concluded_at)
+
+    def conclude(self, text: str, adopt: int | None = None) -> Conclusion:
+        """Records the round's conclusion and, possibly, its new baseline.
+
+        The playbook's loop ends each round with a decision: what was learned, and
+        whether a configuration becomes the new baseline. Concluding again replaces the
+        conclusion (a revised decision).
+
+        Args:
+            text: the conclusion, for the tuning log.
+            adopt: the index of the trial adopted as the new baseline, or None.
+
+        Raises:
+            ValueError: empty text; ``adopt`` not a trial of the study, a replicate,
+                or a trial that did not complete.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("text must be a non-empty string: what this round established")
+        if adopt is not None:
+            if isinstance(adopt, bool) or not isinstance(adopt, (int, np.integer)):
+                raise ValueError(f"adopt must be a trial index or None, got {adopt!r}")
+            adopt = int(adopt)
+            record = self._find(adopt, "adopt")
+            if record.kind == "replicate":
+                raise ValueError(f"adopt={adopt} is a replicate of trial {record.parent}: adopt trial {record.parent}")
+            if record.state != "complete":
+                raise ValueError(f"adopt={adopt} is {record.state}, not complete: only a complete trial can be adopted")
+        row = self._storage.update_study(
+            self._id, {"conclusion": text.strip(), "adopted_trial": adopt, "concluded_at": time.time()}
+        )
+        self._set_row(row)
+        return Conclusion(row.conclusion, row.adopted_trial, row.concluded_at)
 
     # ---------------------------------------------------------------- attributes
     def set_attr(self, key: str, value: Any) -> None:
@@ -269,11 +380,13 @@ class Study:
     ) -> Trial | None:
         """Claims the next trial, atomically, and returns it; None when the study is full.
 
-        A trial whose worker's lease expired (it died, or stopped heartbeating) is given
-        out again before any new trial, lowest index first. Otherwise the next index is
-        claimed, up to ``max_trials``. None means every trial is claimed or finished;
-        trials still running elsewhere may yet expire, so a worker that wants to
-        mop up can ask again later.
+        In order: a trial whose worker's lease expired (it died, or stopped
+        heartbeating), or a replicate waiting for a worker, lowest index first; else
+        the quasi-random trial at the next Halton point, up to ``max_trials``; else,
+        once :meth:`exploit` was called, an exploitation trial proposed from every
+        finished trial, up to its budget. None means every trial is claimed or
+        finished; trials still running elsewhere may yet expire, so a worker that
+        wants to mop up can ask again later.
 
         Args:
             lease_seconds: how long the claim lasts without a report or heartbeat.
@@ -287,15 +400,112 @@ class Study:
         if not lease_seconds > 0:
             raise ValueError(f"{lease_seconds=} must be > 0")
         worker = worker or _default_worker()
-        claimed = self._storage.claim(self._id, worker, lease_seconds, lambda index: NewTrial(self.params(index)))
+        claimed = self._storage.claim(self._id, worker, lease_seconds, self._quasirandom_trial)
         if claimed is None:
-            return None
+            row = self._refresh()
+            if row.exploit_json is None:
+                return None
+            from tunebook.playbook._exploit import claim_exploit_trial
+
+            claimed = claim_exploit_trial(self, self._storage, worker, lease_seconds, json.loads(row.exploit_json))
+            if claimed is None:
+                return None
+        return self._trial(claimed, worker, lease_seconds, heartbeat)
+
+    def _trial(self, claimed: ClaimedTrial, worker: str, lease_seconds: float, heartbeat: bool) -> Trial:
         return Trial(self, self._storage, claimed.id, claimed.index, claimed.params, claimed.claim, worker,
-                     lease_seconds, metric=self.metric, mode=self.mode, heartbeat=heartbeat)
+                     lease_seconds, metric=self.metric, mode=self.mode, heartbeat=heartbeat, kind=claimed.kind,
+                     point=claimed.point, parent=claimed.parent, seed=claimed.seed)
+
+    def _quasirandom_trial(self, point: int) -> NewTrial:
+        return NewTrial(self.params(point), trial_seed(self.seed, "quasirandom", point), "quasirandom", point)
 
     def params(self, index: int) -> dict[str, Any]:
-        """The parameters of trial ``index``: point ``index`` of the Halton sequence."""
+        """The parameters of Halton point ``index`` (the quasi-random trial at that point)."""
         return dict(self.space.sample(1, seed=self.seed, start=int(index))[0])
+
+    def rerun(self, trial_index: int, n: int = 5) -> list[int]:
+        """Replicates a trial: its parameters, trained again with ``n`` other seeds.
+
+        The playbook: results vary between trainings of the same hyperparameters with
+        different seeds; before adopting a change, run the best trial several times to
+        measure that trial variance (:func:`tunebook.playbook.trial_variance`). The
+        replicates wait in the study and any worker's :meth:`ask` claims them, each
+        exactly once, before new quasi-random trials. Replicate ``r`` of trial ``i``
+        has the seed ``trial_seed(study seed, "replicate", i, r)``. Idempotent: the
+        trial ends with ``n`` replicates in all, so every worker may call it.
+
+        Args:
+            trial_index: the trial to replicate (a replicate's own parent is used).
+            n: the number of replicates, at least 2 (a standard deviation needs two).
+
+        Returns:
+            The indices of the trial's ``n`` replicates.
+
+        Raises:
+            ValueError: ``n < 2``, or no trial ``trial_index``.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"n must be an integer >= 2 (replicates to measure a variance), got {n!r}")
+        record = self._find(trial_index, "trial_index")
+        parent = record.parent if record.kind == "replicate" else record.index
+
+        def make(number: int) -> NewTrial:
+            return NewTrial(dict(record.params), trial_seed(self.seed, "replicate", parent, number), "replicate",
+                            None, parent)
+
+        return self._storage.add_replicates(self._id, parent, int(n), make)
+
+    def replicates(self, trial_index: int) -> list[TrialRecord]:
+        """The replicates of a trial (:meth:`rerun`), by index."""
+        self._find(trial_index, "trial_index")
+        return [r for r in self.trials() if r.kind == "replicate" and r.parent == trial_index]
+
+    def exploit(self, n_trials: int, *, sampler: str = "auto", divergence_sigmas: float = 5.0) -> None:
+        """Switches from exploration to exploitation: Bayesian optimisation, by Optuna.
+
+        The playbook: once exploration has produced a good search space, switch from
+        quasi-random search to Bayesian optimisation to find the single best
+        configuration, with a tool that treats divergent trials as infeasible. After
+        the quasi-random trials (all ``max_trials`` of them; an unlimited study stops
+        its quasi-random search at the points it has), :meth:`ask` hands out
+        ``n_trials`` exploitation trials: Optuna's sampler, warm-started from every
+        finished quasi-random and exploitation trial, proposes each one when it is
+        claimed; divergent trials are its constraint violations
+        (:func:`tunebook.playbook.divergent_trials`). They are ordinary trials
+        (``kind="exploit"``), claimed atomically by any worker; the proposal of the
+        ``k``-th one is seeded from the study seed and ``k``, so a study run one trial
+        at a time is reproduced exactly. Calling again changes the budget.
+
+        Args:
+            n_trials: the exploitation budget (trials of kind "exploit" in all).
+            sampler: ``"gp"`` (Optuna's Gaussian-process sampler, the strongest on
+                small budgets and flat spaces), ``"tpe"`` (Optuna's multivariate TPE;
+                handles conditional spaces and costs milliseconds per proposal), or
+                ``"auto"``: GP for a space without conditions, else TPE.
+            divergence_sigmas: a finished trial diverged when it is infeasible, has no
+                finite value, or its value lies more than this many robust standard
+                deviations (1.4826 x the median absolute deviation) worse than the
+                median of the study's finished trials.
+
+        Raises:
+            ValueError: bad arguments.
+            ImportError: Optuna is not installed (``pip install 'tunebook[bayes]'``).
+        """
+        from tunebook.playbook._exploit import check_exploit_settings
+
+        settings = check_exploit_settings(self.space, n_trials, sampler, divergence_sigmas)
+        row = self._refresh()
+        if row.max_trials is None:
+            points = sum(r.kind == "quasirandom" for r in self.trials())
+            self._storage.update_study(self._id, {"max_trials": points})
+        self._set_row(self._storage.update_study(self._id, {"exploit_json": json.dumps(settings, sort_keys=True)}))
+
+    @property
+    def exploit_settings(self) -> dict[str, Any] | None:
+        """The settings of :meth:`exploit`, or None before it was called."""
+        row = self._refresh()
+        return None if row.exploit_json is None else json.loads(row.exploit_json)
 
     # ---------------------------------------------------------------- analysis
     def trials(self) -> list[TrialRecord]:
@@ -312,12 +522,25 @@ class Study:
                 return record
         raise KeyError(f"study {self.name!r} has no trial {index}")
 
+    def _find(self, index: Any, argument: str) -> TrialRecord:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise ValueError(f"{argument} must be a trial index, got {index!r}")
+        records = self.trials()
+        for record in records:
+            if record.index == index:
+                return record
+        known = f"0..{records[-1].index}" if records else "none yet"
+        raise ValueError(f"{argument}={index} is not a trial of study {self.name!r} (its trials: {known})")
+
     def best_trial(self) -> TrialRecord | None:
-        """The trial with the best value of the study metric, over every trial that is
-        not infeasible (ties: the lower index); None when no trial has a finite value."""
+        """The configuration with the best value of the study metric: over the
+        quasi-random and exploitation trials that are not infeasible (replicates
+        re-measure a configuration; a lucky one is not a better configuration). Ties:
+        the lower index. None when no trial has a finite value."""
         from tunebook.checkpoints import rank_trials
 
-        candidates = [r for r in self.trials() if r.state != "infeasible" and r.best_value is not None]
+        candidates = [r for r in self.trials()
+                      if r.kind != "replicate" and r.state != "infeasible" and r.best_value is not None]
         candidates = [r for r in candidates if math.isfinite(r.best_value)]
         if not candidates:
             return None
@@ -328,15 +551,20 @@ class Study:
         """The study's row of the playbook's study table.
 
         Returns:
-            A dict: name, config, notes, metric, mode, max_trials, trials (claimed),
-            trials_run (finished: complete, infeasible or failed), complete,
-            infeasible, failed, running, best_value, best_trial, best_step, command.
+            A dict: name, config, notes, metric, mode, max_trials, trials (claimed
+            configurations: quasi-random and exploitation trials), trials_run
+            (finished: complete, infeasible or failed), complete, infeasible, failed,
+            running, exploit (exploitation trials), replicates, best_value,
+            best_trial, best_step, command, goal, scientific, nuisance, fixed,
+            conclusion, adopted.
         """
-        records = self.trials()
+        all_records = self.trials()
+        records = [r for r in all_records if r.kind != "replicate"]
         counts = defaultdict(int)
         for record in records:
             counts[record.state] += 1
         best = self.best_trial()
+        roles, conclusion = self.roles, self.conclusion
         return {
             "name": self.name,
             "config": self.config_path,
@@ -354,6 +582,14 @@ class Study:
             "best_trial": best.index if best else None,
             "best_step": best.best_step if best else None,
             "command": self.command,
+            "exploit": sum(r.kind == "exploit" for r in records),
+            "replicates": len(all_records) - len(records),
+            "goal": roles.goal,
+            "scientific": list(roles.scientific),
+            "nuisance": list(roles.nuisance),
+            "fixed": dict(roles.fixed),
+            "conclusion": conclusion.text if conclusion else None,
+            "adopted": conclusion.adopted if conclusion else None,
         }
 
     def __repr__(self) -> str:
@@ -366,6 +602,15 @@ def _json_scalar(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class Conclusion(NamedTuple):
+    """A round's conclusion: the text, the adopted trial (None: no new baseline), and
+    when it was recorded (seconds since the epoch)."""
+
+    text: str
+    adopted: int | None
+    at: float | None
 
 
 def _record(row: TrialRow, now: float, history: Any) -> TrialRecord:
@@ -384,6 +629,10 @@ def _record(row: TrialRow, now: float, history: Any) -> TrialRecord:
         attempts=row.claim,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        kind=row.kind,
+        point=row.point,
+        parent=row.parent,
+        seed=row.seed,
         _history=history,
     )
 

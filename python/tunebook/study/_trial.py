@@ -25,9 +25,16 @@ class Trial:
     """A trial claimed by this worker through :meth:`Study.ask`.
 
     Attributes:
-        index: the trial number; its parameters are point ``index`` of the study's
-            Halton sequence.
+        index: the trial number, unique in the study.
         params: the hyperparameters, a dict.
+        seed: the training seed for this trial's RNGs (model initialisation, data
+            order, dropout), in ``[0, 2**31)``: derived from the study seed and the
+            trial, stable forever (see :mod:`tunebook.study._seeds`). Replicates of a
+            trial have the same params and other seeds.
+        kind: ``"quasirandom"`` (a Halton point), ``"replicate"`` (see
+            :meth:`Study.rerun`) or ``"exploit"`` (see :meth:`Study.exploit`).
+        point: the Halton index of a quasi-random trial, else None.
+        parent: the trial a replicate repeats, else None.
         study: the study.
         worker: this worker's name.
 
@@ -55,10 +62,15 @@ class Trial:
         metric: str,
         mode: str,
         heartbeat: bool = False,
+        kind: str = "quasirandom",
+        point: int | None = None,
+        parent: int | None = None,
+        seed: int | None = None,
         flush_every: int = 256,
         flush_seconds: float = 2.0,
     ) -> None:
         self.study, self.index, self.params = study, index, params
+        self.kind, self.point, self.parent, self.seed = kind, point, parent, seed
         self.worker, self.lease_seconds = worker, lease_seconds
         self._storage, self._metric, self._mode = storage, metric, mode
         self._id, self._claim = trial_id, claim
@@ -183,7 +195,9 @@ class Trial:
             self.complete()
 
     def __repr__(self) -> str:
-        return f"Trial(study={self.study.name!r}, index={self.index}, state={self.state!r}, params={self.params})"
+        extra = f", parent={self.parent}" if self.parent is not None else ""
+        return (f"Trial(study={self.study.name!r}, index={self.index}, kind={self.kind!r}{extra}, "
+                f"state={self.state!r}, seed={self.seed}, params={self.params})")
 
 
 @dataclass(frozen=True)
@@ -199,6 +213,7 @@ class TrialRecord:
             values only, ties to the earlier step) and that step; None if none.
         metric_names: the metrics it reported.
         worker, reason, attempts, started_at, finished_at: bookkeeping.
+        kind, point, parent, seed: as on :class:`Trial`.
     """
 
     index: int
@@ -212,6 +227,10 @@ class TrialRecord:
     attempts: int = 1
     started_at: float | None = None
     finished_at: float | None = None
+    kind: str = "quasirandom"
+    point: int | None = None
+    parent: int | None = None
+    seed: int | None = None
     _history: Callable[[int, str], tuple[np.ndarray, np.ndarray]] | None = field(
         default=None, repr=False, compare=False
     )
