@@ -16,7 +16,7 @@ pytest.importorskip("matplotlib")
 from tunebook import demo  # noqa: E402
 from tunebook.study import Study, list_studies  # noqa: E402
 
-TINY = ["--steps", "40", "--eval-every", "10", "--no-progress"]
+TINY = ["--steps", "40", "--eval-every", "10", "--no-progress", "--reruns", "2", "--max-reruns", "3"]
 
 
 def test_demo_runs_resumes_and_starts_anew(tmp_path, capsys):
@@ -36,7 +36,17 @@ def test_demo_runs_resumes_and_starts_anew(tmp_path, capsys):
     report = out / "digits-mlp-report.html"
     assert report.exists() and report.stat().st_size > 50_000
     study = Study("digits-mlp", storage=storage)
-    records = study.trials()
+    # The closing decision: each optimizer's best trial rerun, compared, concluded.
+    assert "Decision (the playbook" in text and ("verdict: " in text or "no decision: " in text)
+    assert study.conclusion is not None and study.summary()["goal"].startswith("Which optimizer")
+    assert study.roles.scientific == ("optimizer",)
+    all_records = study.trials()
+    replicates = [r for r in all_records if r.kind == "replicate"]
+    if "verdict: " in text:
+        assert "both trial variances" in text and "study variance" in text
+        assert len({r.parent for r in replicates}) == 2 and len(replicates) >= 4
+        assert all(r.state in ("complete", "infeasible") for r in replicates)
+    records = [r for r in all_records if r.kind == "quasirandom"]
     assert len(records) == 4 and all(r.state in ("complete", "infeasible") for r in records)
     assert {r.params["optimizer"] for r in records} == {"nesterov", "adam"}
     complete = [r for r in records if r.state == "complete"]
@@ -50,7 +60,7 @@ def test_demo_runs_resumes_and_starts_anew(tmp_path, capsys):
     assert demo.main(["--out", str(out), *TINY]) == 0
     text = capsys.readouterr().out
     assert "study 'digits-mlp'" in text and "resuming" in text
-    assert len(Study("digits-mlp", storage=storage).trials()) == 6
+    assert sum(r.kind == "quasirandom" for r in Study("digits-mlp", storage=storage).trials()) == 6
 
     # 3. A finished study: the next run starts digits-mlp-2, without errors.
     assert demo.main(["--trials", "2", "--out", str(out), *TINY]) == 0
@@ -67,3 +77,9 @@ def test_demo_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--steps", "10", "--eval-every", "20"])
     assert "--eval-every=20 must be <= --steps=10" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main(["--reruns", "1"])
+    assert "--reruns=1 must be 0 (no decision) or >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main(["--reruns", "4", "--max-reruns", "3"])
+    assert "--max-reruns=3 must be >= --reruns=4" in capsys.readouterr().err

@@ -120,10 +120,19 @@ def _show(args: argparse.Namespace) -> int:
         records = records[: args.limit]
     params = _param_names(records)
     headers = ["trial", "state", f"best {study.metric}", "step", *params, "reason"]
-    rows = [[r.index, r.state, r.best_value, r.best_step, *(r.params.get(p) for p in params), r.reason] for r in records]
+    rows = [[r.index, _state(r), r.best_value, r.best_step, *(r.params.get(p) for p in params), r.reason]
+            for r in records]
     print()
     _table(headers, rows, sys.stdout)
     return 0
+
+
+def _state(record: Any) -> str:
+    """A trial's state, with its kind when it is not a quasi-random trial."""
+    kind = getattr(record, "kind", "quasirandom")
+    if kind == "replicate":
+        return f"{record.state} (rerun of {record.parent})"
+    return f"{record.state} (exploit)" if kind == "exploit" else record.state
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -143,14 +152,16 @@ def _export(args: argparse.Namespace) -> int:
         else:
             params = _param_names(records)
             writer.writerow(
-                ["trial", "state", "best_value", "best_step", *params, "attempts", "worker", "reason"]
+                ["trial", "state", "best_value", "best_step", *params, "attempts", "worker", "reason", "kind",
+                 "parent", "seed"]
             )
             for r in records:
                 best = "" if r.best_value is None else repr(r.best_value)
                 step = "" if r.best_step is None else r.best_step
                 writer.writerow(
                     [r.index, r.state, best, step, *(r.params.get(p, "") for p in params),
-                     r.attempts, r.worker or "", r.reason or ""]
+                     r.attempts, r.worker or "", r.reason or "", r.kind, "" if r.parent is None else r.parent,
+                     "" if r.seed is None else r.seed]
                 )
     if args.csv != "-":
         print(f"wrote {len(records)} trials of {study.name!r} to {args.csv}", file=sys.stderr)

@@ -11,6 +11,13 @@ and a :class:`CheckpointKeeper` that keeps its best checkpoints. At the end: the
 report and a printed summary (the best configuration of each optimizer, whether the
 comparison is fair, and a suggested clipping threshold).
 
+The study is a round of the playbook's incremental tuning loop: it declares its goal
+and its scientific (the optimizer), nuisance and fixed hyperparameters, and ends with
+a decision. Each optimizer's best trial is rerun ``--reruns`` times with other seeds
+(:meth:`tunebook.Study.rerun`), :func:`tunebook.playbook.compare` weighs the two
+against their trial variances, the verdict is printed beside both variances, and
+:meth:`tunebook.Study.conclude` records it (``tunebook log`` shows the round).
+
 Run ``python -m tunebook.demo --help`` for the options. Running it again resumes an
 unfinished study, or starts the next one (``digits-mlp-2``, ...) when it is finished.
 """
@@ -54,7 +61,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch threads (default 1: the MLP is too small to gain from more)")
     parser.add_argument("--seed", type=int, default=0, help="Halton seed of a new study")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--reruns", type=int, default=3,
+                        help="reruns of each optimizer's best trial for the closing decision (default 3; 0: none)")
+    parser.add_argument("--max-reruns", type=int, default=10,
+                        help="when the verdict asks for more reruns, run up to this many once (default 10)")
     args = parser.parse_args(argv)
+    if args.reruns == 1 or args.reruns < 0:
+        parser.error(f"--reruns={args.reruns} must be 0 (no decision) or >= 2 (a variance needs two reruns)")
+    if args.max_reruns < args.reruns:
+        parser.error(f"--max-reruns={args.max_reruns} must be >= --reruns={args.reruns}")
     for name in ("trials", "steps", "eval_every", "batch_size", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
@@ -133,14 +148,16 @@ def run_trial(trial: Any, data: dict[str, Any], args: argparse.Namespace, run_di
     from tunebook.schedules import DeviceSchedule, cosine_decay_schedule, linear_warmup
 
     config = trial.params
-    model = make_model(seed=1000 + trial.index)
+    # The trial's seed (stable, derived from the study seed) sets the initial weights and
+    # the batch order: a rerun of the trial differs only in it.
+    model = make_model(seed=trial.seed)
     optimizer = make_optimizer(model.parameters(), config, args.max_grad_norm)
     warmup = int(round(config["warmup_fraction"] * args.steps))
     schedule = linear_warmup(cosine_decay_schedule(config["learning_rate"], args.steps - warmup), warmup)
     lr_driver = DeviceSchedule(optimizer, schedule, total_steps=args.steps)
     keeper = CheckpointKeeper(run_dir / f"trial-{trial.index:04d}", keep=2, metric="valid_loss", fsync=False)
     x_train, y_train = data["train"]
-    generator = torch.Generator().manual_seed(trial.index)
+    generator = torch.Generator().manual_seed(trial.seed)
     order = torch.randperm(len(y_train), generator=generator)
     cursor = 0
     start_loss, _ = evaluate(model, data["valid"])
@@ -208,14 +225,18 @@ def open_study(args: argparse.Namespace, storage: str) -> Any:
     if k > 1 and not args.new:
         study = Study(numbered(k - 1), storage=storage)
         records = study.trials()
-        if len(records) < (study.max_trials or 0) or any(r.state in ("running", "pending") for r in records):
+        searched = sum(r.kind == "quasirandom" for r in records)
+        unfinished = any(r.state in ("running", "pending") for r in records)
+        if searched < (study.max_trials or 0) or unfinished or (args.reruns and study.conclusion is None):
             return study, True
     name = numbered(k)
     study = Study(name, SearchSpace.from_dict(SPACE), storage=storage, seed=args.seed, max_trials=args.trials,
                   metric="valid_loss", mode="min", config_path="tunebook/demo.py (SPACE)",
                   notes="Nesterov momentum vs Adam on sklearn digits, MLP 64-128-128-10; nuisance: "
                         "learning rate, momentum/beta1, warmup fraction",
-                  command=command)
+                  command=command, goal="Which optimizer is better for this MLP: Nesterov momentum or Adam?",
+                  scientific=["optimizer"],
+                  fixed={"batch_size": args.batch_size, "steps": args.steps, "max_grad_norm": args.max_grad_norm})
     return study, False
 
 
@@ -240,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                    "beta1": 0.9}, 1.0)
     print(f"optimizer backend: {probe.backend}")
 
-    done = sum(r.state in ("complete", "infeasible", "failed") for r in study.trials())
+    done = sum(r.state in ("complete", "infeasible", "failed") for r in study.trials() if r.kind == "quasirandom")
     bar = tqdm(total=study.max_trials, initial=done, unit="trial", disable=args.no_progress,
                dynamic_ncols=True, file=sys.stdout)
     best: dict[str, float] = {}
@@ -253,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix({k: f"{v:.3f}" for k, v in sorted(best.items())}, refresh=False)
         bar.update(1)
     bar.close()
+    decision = decide(study, data, args, run_dir) if args.reruns else ""
     train_seconds = time.perf_counter() - started
 
-    summary = summarize(study, args, run_dir)
+    summary = summarize(study, args, run_dir) + decision
     from tunebook.report import write_report
 
     report_path = write_report(study, out / f"{study.name}-report.html", scientific=["optimizer"],
@@ -263,8 +285,68 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     print(f"\nreport: {report_path.resolve()}")
     print(f"study table: tunebook studies --storage {storage}")
+    print(f"tuning log:  tunebook log --storage {storage}")
     print(f"time: {time.perf_counter() - started:.0f} s ({train_seconds:.0f} s of it training)")
     return 0
+
+
+def decide(study: Any, data: dict[str, Any], args: argparse.Namespace, run_dir: Path) -> str:
+    """The round's decision: rerun each optimizer's best trial ``--reruns`` times with
+    other seeds, compare them against both trial variances, record the conclusion.
+
+    Nesterov is the baseline (the simpler optimizer: the playbook keeps it unless Adam
+    wins beyond the noise), Adam the candidate. Returns the printed section.
+    """
+    from tunebook.playbook import compare, study_variance, trial_variance
+
+    records = study.trials()
+    best: dict[str, Any] = {}
+    for kind in ("nesterov", "adam"):
+        good = [r for r in records if r.kind == "quasirandom" and r.params.get("optimizer") == kind
+                and r.state == "complete" and r.best_value is not None]
+        if good:
+            best[kind] = min(good, key=lambda r: r.best_value)
+    lines = ["", "", "Decision (the playbook: adopt a change only if it wins beyond the retrain variance):"]
+    if len(best) < 2:
+        missing = [kind for kind in ("nesterov", "adam") if kind not in best]
+        text = f"no decision: {' and '.join(missing)} has no feasible trial to rerun"
+        study.conclude(text)
+        lines.append(f"  {text}")
+        return "\n".join(lines)
+    def rerun(n: int) -> Any:
+        for kind in ("nesterov", "adam"):
+            study.rerun(best[kind].index, n=n)
+        while (trial := study.ask(lease_seconds=120.0)) is not None:  # the reruns (any worker may take them)
+            with trial:
+                run_trial(trial, data, args, run_dir)
+        return compare((study, best["nesterov"].index), (study, best["adam"].index))
+
+    result = rerun(args.reruns)
+    if result.verdict == "too few replicates" and result.rerun_n <= args.max_reruns:
+        lines.append(f"  {args.reruns} reruns each were too few to decide; rerunning to n={result.rerun_n}, as the "
+                     "verdict asks")
+        result = rerun(result.rerun_n)
+    records = study.trials()
+    for kind in ("nesterov", "adam"):
+        tv = trial_variance(study, best[kind].index)
+        mine = [r for r in records if r.params.get("optimizer") == kind]
+        try:
+            sv = study_variance(mine, metric=study.metric, mode=study.mode)
+            spread = f"study variance ±{sv.std:.3f} (best of {sv.budget} trials, bootstrap)"
+        except ValueError:
+            spread = "study variance: -"
+        lines.append(f"  {kind:9s} trial {best[kind].index}: {tv.n} reruns {tv.mean:.4f} ± {tv.std:.3f} "
+                     f"(its own run {best[kind].best_value:.4f}); {spread}")
+    lines += ["  " + line for line in result.message.splitlines()]
+    adopt = {"adopt": best["adam"].index, "worse": best["nesterov"].index,
+             "no detectable difference": best["nesterov"].index}.get(result.verdict)
+    text = {"adopt": "Adam wins beyond the retrain variance: adopt it",
+            "worse": "Nesterov wins beyond the retrain variance: keep it",
+            "no detectable difference": "no detectable difference: keep the simpler Nesterov",
+            }.get(result.verdict, f"undecided: rerun with n={result.rerun_n} to decide")
+    study.conclude(f"{text} (valid_loss {result.improvement:+.4f} ± {result.uncertainty:.4f} for Adam)",
+                   adopt=adopt)
+    return "\n".join(lines)
 
 
 def summarize(study: Any, args: argparse.Namespace, run_dir: Path) -> str:
@@ -273,7 +355,7 @@ def summarize(study: Any, args: argparse.Namespace, run_dir: Path) -> str:
     from tunebook.analysis import axis_plot_data, grad_norm_data, sampled_enough_data
     from tunebook.checkpoints import CheckpointKeeper
 
-    records = study.trials()
+    records = [r for r in study.trials() if r.kind == "quasirandom"]  # the reruns come in the decision below
     lines = ["", f"== {study.name}: {len(records)} trials =="]
     lines.append("\nBest configuration per optimizer (the scientific hyperparameter):")
     for kind in ("nesterov", "adam"):
