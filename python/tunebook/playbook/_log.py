@@ -73,20 +73,8 @@ LOG_COLUMNS = (
 
 
 def log_row(study: Any, round: int = 1) -> LogRow:
-    """The tuning-log row of one :class:`tunebook.Study`."""
+    """The tuning-log row of one :class:`tunebook.Study` (from :meth:`~tunebook.Study.summary`)."""
     summary = study.summary()
-    records = study.trials()
-    settings = study.exploit_settings
-    finished = ("complete", "infeasible", "failed")
-    quasirandom = [r for r in records if r.kind == "quasirandom"]
-    exploit = [r for r in records if r.kind == "exploit"]
-    replicates = [r for r in records if r.kind == "replicate"]
-    not_run: int | None = None
-    if summary["max_trials"] is not None:
-        not_run = max(summary["max_trials"] - sum(r.state in finished for r in quasirandom), 0)
-        if settings is not None:
-            not_run += max(settings["n_trials"] - sum(r.state in finished for r in exploit), 0)
-        not_run += sum(r.state not in finished for r in replicates)
     return LogRow(
         round=round,
         study=study.name,
@@ -96,12 +84,12 @@ def log_row(study: Any, round: int = 1) -> LogRow:
         fixed=dict(summary["fixed"]),
         trials_run=summary["trials_run"],
         infeasible=summary["infeasible"],
-        replicates=sum(r.state in finished for r in replicates),
+        replicates=summary["replicates_run"],
         best_value=summary["best_value"],
         best_trial=summary["best_trial"],
         metric=summary["metric"],
         mode=summary["mode"],
-        not_run=not_run,
+        not_run=summary["not_run"],
         conclusion=summary["conclusion"],
         adopted=summary["adopted"],
         config=summary["config"],

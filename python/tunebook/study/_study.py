@@ -427,22 +427,36 @@ class Study(TuningRound):
             (finished: complete, infeasible or failed), complete, infeasible, failed,
             running, exploit (exploitation trials), replicates, best_value,
             best_trial, best_step, command, goal, scientific, nuisance, fixed,
-            conclusion, adopted.
+            conclusion, adopted, replicates_run (finished replicates), not_run (what
+            has not yet been run: quasi-random trials up to ``max_trials``,
+            exploitation trials up to their budget, unfinished replicates; None for a
+            study without ``max_trials``).
         """
+        row = self._refresh()
         all_records = self.trials()
         records = [r for r in all_records if r.kind != "replicate"]
         counts = defaultdict(int)
         for record in records:
             counts[record.state] += 1
+        finished = ("complete", "infeasible", "failed")
+        done = defaultdict(int)
+        for record in all_records:
+            done[record.kind] += record.state in finished
+        replicates = len(all_records) - len(records)
+        not_run = None
+        if row.max_trials is not None:
+            budget = json.loads(row.exploit_json)["n_trials"] if row.exploit_json else 0
+            not_run = (max(row.max_trials - done["quasirandom"], 0) + max(budget - done["exploit"], 0)
+                       + replicates - done["replicate"])
         best = self._best(records)
-        roles, conclusion = self.roles, self.conclusion
+        roles = Roles.from_stored(row.goal, row.roles_json)
         return {
             "name": self.name,
             "config": self.config_path,
             "notes": self.notes,
             "metric": self.metric,
             "mode": self.mode,
-            "max_trials": self.max_trials,
+            "max_trials": row.max_trials,
             "trials": len(records),
             "trials_run": counts["complete"] + counts["infeasible"] + counts["failed"],
             "complete": counts["complete"],
@@ -454,13 +468,15 @@ class Study(TuningRound):
             "best_step": best.best_step if best else None,
             "command": self.command,
             "exploit": sum(r.kind == "exploit" for r in records),
-            "replicates": len(all_records) - len(records),
+            "replicates": replicates,
+            "replicates_run": done["replicate"],
+            "not_run": not_run,
             "goal": roles.goal,
             "scientific": list(roles.scientific),
             "nuisance": list(roles.nuisance),
             "fixed": dict(roles.fixed),
-            "conclusion": conclusion.text if conclusion else None,
-            "adopted": conclusion.adopted if conclusion else None,
+            "conclusion": row.conclusion,
+            "adopted": row.adopted_trial if row.conclusion is not None else None,
         }
 
     def __repr__(self) -> str:
