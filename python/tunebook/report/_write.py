@@ -135,7 +135,8 @@ def render_report(
         ("metric", f"{analysis.metric} ({analysis.mode})"),
         ("trials run", _trials_run(views, summary.get("max_trials"))),
         ("complete / infeasible / failed", " / ".join(
-            str(sum(v.state == s for v in views)) for s in ("complete", "infeasible", "failed"))),
+            str(sum(v.state == s for v in views if v.kind != "replicate"))
+            for s in ("complete", "infeasible", "failed"))),
         ("best value", None if best is None else f"{best.value:.6g} (trial {best.index}, step {best.step})"),
         ("scientific hyperparameters", ", ".join(analysis.scientific) or "–"),
         *(round_rows(study)[1:] if study is not None else []),
