@@ -321,12 +321,14 @@ def decide(study: Any, data: dict[str, Any], args: argparse.Namespace, run_dir: 
                 run_trial(trial, data, args, run_dir)
         return compare((study, best["nesterov"].index), (study, best["adam"].index))
 
+    started = time.perf_counter()
     result = rerun(args.reruns)
     if result.verdict == "too few replicates" and result.rerun_n <= args.max_reruns:
         lines.append(f"  {args.reruns} reruns each were too few to decide; rerunning to n={result.rerun_n}, as the "
                      "verdict asks")
         result = rerun(result.rerun_n)
     records = study.trials()
+    lines.append(f"  ({sum(r.kind == 'replicate' for r in records)} reruns in {time.perf_counter() - started:.0f} s)")
     for kind in ("nesterov", "adam"):
         tv = trial_variance(study, best[kind].index)
         mine = [r for r in records if r.params.get("optimizer") == kind]
