@@ -18,7 +18,7 @@ STEP_LIMIT = 2**63
 
 def as_integer(name: str, value: Any) -> int:
     """``value`` as an ``int``; ValueError naming ``name`` unless it is an integer."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):  # also NumPy's
         raise ValueError(f"{name}={value!r} must be an integer, not a bool")
     try:
         return operator.index(value)
@@ -32,7 +32,9 @@ def as_step(value: Any, name: str = "step") -> int:
     """A training step: an integer in ``[0, 2**63)``."""
     step = as_integer(name, value)
     if not 0 <= step < STEP_LIMIT:
-        raise ValueError(f"{name}={step} must be in [0, 2**63): steps are stored as 64-bit integers")
+        raise ValueError(
+            f"{name} must be a non-negative integer below 2**63 (steps are stored as 64-bit integers), got {step}"
+        )
     return step
 
 

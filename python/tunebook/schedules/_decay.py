@@ -193,7 +193,8 @@ def exponential_decay(
         power = np.maximum(steps - transition_begin, 0.0) / transition_steps
         if staircase:
             power = np.floor(power)
-        values = init_value * decay_rate**power
+        with np.errstate(over="ignore"):  # growth past float64 is inf, as the formula says
+            values = init_value * decay_rate**power
         if end_value is not None:
             values = np.maximum(values, end_value) if decay_rate < 1 else np.minimum(values, end_value)
         return finish(values, scalar)
