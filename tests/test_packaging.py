@@ -191,3 +191,28 @@ def test_no_python_headers_warns_once_naming_the_package(tmp_path):
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert f"apt-get install python{version}-dev" in warnings[0], warnings[0]
     assert "Python.h" in warnings[0]
+
+
+def test_subpackages_are_lazy_attributes(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        import tunebook
+        assert "torch" not in sys.modules and "sqlalchemy" not in sys.modules, "import tunebook must stay cheap"
+        assert tunebook.search.halton(2, 3).shape == (2, 3)
+        assert tunebook.schedules.constant_schedule(0.5)(10) == 0.5
+        for name in ("optim", "checkpoints", "study", "analysis", "report"):
+            assert getattr(tunebook, name).__name__ == f"tunebook.{name}", name
+            assert name in dir(tunebook)
+        assert tunebook.optim.Adam is tunebook.Adam
+        try:
+            tunebook.no_such_thing
+        except AttributeError as error:
+            assert "no_such_thing" in str(error)
+        else:
+            raise AssertionError("no AttributeError")
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    assert _run([sys.executable, "-c", script], cwd=tmp_path, env=env).stdout.strip() == "ok"

@@ -45,3 +45,18 @@ def as_seed(value: Any, name: str = "seed", limit: int = STEP_LIMIT) -> int:
         bound = "2**63" if limit == STEP_LIMIT else "2**64" if limit == 2**64 else str(limit)
         raise ValueError(f"{name}={seed} must be in [0, {bound}); pick a smaller non-negative seed")
     return seed
+
+
+def as_text(name: str, value: Any, *, limit: int | None = None, empty: bool = True) -> str:
+    """A string a database stores as given: no NUL character (PostgreSQL refuses it), at
+    most ``limit`` characters, non-empty unless ``empty``."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    if not empty and not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL characters, got {value[:40]!r}")
+    if limit is not None and len(value) > limit:
+        raise ValueError(f"{name} must be at most {limit} characters, got {len(value)}: {value[:40]!r}...")
+    return value
+

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebook import _rust
-from tunebook._checks import STEP_LIMIT, as_step
+from tunebook._checks import STEP_LIMIT, as_integer, as_step
 from tunebook.checkpoints._atomic import TMP_PREFIX, atomic_write, atomic_write_json, fsync_directory
 from tunebook.checkpoints._state import snapshot, to_saveable
 
@@ -232,17 +232,18 @@ class CheckpointKeeper:
         fsync: bool = True,
         read_only: bool | None = None,
     ) -> None:
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        keep = as_integer("keep", keep)
+        if keep < 1:
             raise ValueError(f"{keep=} must be an integer >= 1")
-        if mode not in ("min", "max"):
+        if not (isinstance(mode, str) and mode in ("min", "max")):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if tie not in ("earlier", "later"):
+        if not (isinstance(tie, str) and tie in ("earlier", "later")):
             raise ValueError(f"tie must be 'earlier' or 'later', got {tie!r}")
         if not isinstance(metric, str) or not metric:
             raise ValueError(f"metric must be a non-empty string, got {metric!r}")
-        if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
+        if as_integer("max_pending", max_pending) < 1:
             raise ValueError(f"{max_pending=} must be an integer >= 1")
-        if read_only not in (None, True, False):
+        if read_only is not None and not isinstance(read_only, bool):
             raise ValueError(f"read_only must be None (decide from write access), True or False, got {read_only!r}")
         # Until the directory is locked and read, this keeper holds nothing to release.
         self._closed = True

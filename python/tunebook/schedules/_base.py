@@ -87,9 +87,13 @@ def evaluate(schedule: Schedule, step: int) -> float:
 def check_finite(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r} must be a real number")
-    if not math.isfinite(float(value)):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float64
+        number = math.inf
+    if not math.isfinite(number):
         raise ValueError(f"{name}={value!r} must be finite")
-    return float(value)
+    return number
 
 
 def check_nonnegative(name: str, value: object) -> float:
@@ -111,6 +115,8 @@ def check_int(name: str, value: object, minimum: int) -> int:
         raise TypeError(f"{name}={value!r} must be an int")
     if value < minimum:
         raise ValueError(f"{name}={value!r} must be >= {minimum}")
+    if value >= 2**63:
+        raise ValueError(f"{name}={value!r} must be < 2**63 (a number of steps)")
     return int(value)
 
 

@@ -20,7 +20,7 @@ from tunebook.study._schema import ensure_schema
 from tunebook.study._schema import metrics as metrics_table
 from tunebook.study._schema import studies as studies_table
 from tunebook.study._schema import trials as trials_table
-from tunebook._checks import as_seed
+from tunebook._checks import as_integer, as_seed, as_text
 from tunebook.study._storage import default_storage, get_engine, run_transaction
 from tunebook.study._url import StorageError, has_studies
 from tunebook.study._url import display as display_storage
@@ -229,10 +229,18 @@ class Study:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        if mode is not None and mode not in ("min", "max"):
+        as_text("name", name, limit=255)
+        if mode is not None and not (isinstance(mode, str) and mode in ("min", "max")):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 0):
-            raise ValueError(f"{max_trials=} must be a non-negative integer or None")
+        if max_trials is not None:
+            max_trials = as_integer("max_trials", max_trials)
+            if not 0 <= max_trials < 2**31:
+                raise ValueError(f"{max_trials=} must be a non-negative integer below 2**31, or None")
+        if metric is not None:
+            as_text("metric", metric, limit=255, empty=False)
+        for label, text in (("config_path", config_path), ("notes", notes), ("command", command)):
+            if text is not None:
+                as_text(label, text)
         if seed is not None:
             seed = as_seed(seed)  # stored as a signed 64-bit integer
         if space is not None and not (hasattr(space, "sample") and hasattr(space, "to_dict")):
