@@ -216,3 +216,30 @@ def test_subpackages_are_lazy_attributes(tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
     assert _run([sys.executable, "-c", script], cwd=tmp_path, env=env).stdout.strip() == "ok"
+
+
+def test_missing_optional_packages_name_their_extra(tmp_path, monkeypatch, capsys):
+    """Each optional dependency, when missing, is named with the extra that installs it."""
+    from tunebook.cli import main
+    from tunebook.search import SearchSpace
+    from tunebook.study import Study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = Study("s", SearchSpace.from_dict({"lr": {"low": 1e-3, "high": 1.0}}), storage=url)
+    trial = study.ask()
+    trial.report(step=1, valid_loss=1.0)
+    trial.complete()
+    for name in [m for m in list(sys.modules) if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["report", "s", "--storage", url, "--out", str(tmp_path / "r.html")]) == 1
+    assert "tunebook[plots]" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+    for name in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r'pip install "tunebook\[postgres\]"'):
+        Study("s", storage="postgresql://tuner@127.0.0.1:1/db-that-needs-a-driver")
+    assert main(["studies", "--storage", "postgresql://tuner@127.0.0.1:1/another-db"]) == 1
+    assert 'pip install "tunebook[postgres]"' in capsys.readouterr().err

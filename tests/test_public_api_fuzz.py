@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tunebook.schedules as sch
@@ -253,7 +253,8 @@ def test_trial_reports(storage, reports, finish, reason):
 
 saves = st.lists(
     st.tuples(st.one_of(st.integers(0, 50), integers, anything),
-              st.dictionaries(st.sampled_from(["valid_loss", "acc"]), st.one_of(floats, integers, anything), max_size=2)),
+              st.dictionaries(st.sampled_from(["valid_loss", "acc"]), st.one_of(floats, integers, anything),
+                              max_size=2)),
     max_size=6,
 )
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,7 +156,11 @@ def test_reopening_by_name_takes_no_write_lock(url, tmp_path):
     Study("s", StandInSpace(), storage=url)
     lock = tmp_path / "edges.db-tunebook-lock"
     lock.unlink()
-    assert Study.load("s", url).name == "s"
+    # In a fresh process (this one keeps the lock file open once it has used it).
+    script = f"from tunebook.study import Study; print(Study.load('s', {url!r}).name)"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "python"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "s", result.stderr
     assert not lock.exists()
 
 

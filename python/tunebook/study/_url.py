@@ -8,7 +8,6 @@ slashes before an absolute one) or ``postgresql://user:password@host:5432/db``.
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 from pathlib import Path
@@ -127,7 +126,7 @@ def error_message(storage: Any, error: BaseException) -> str:
     path = sqlite_file(url) if url is not None else None
     if path is not None:
         if path.is_dir():
-            return f"{path} is a directory, not a database file; give a file, e.g. --storage sqlite:///{path}/studies.db"
+            return f"{path} is a directory, not a database file; name a file in it, e.g. sqlite:///{path}/studies.db"
         if any(s in lower for s in ("file is not a database", "malformed", "file is encrypted")):
             return f"{path} is not a tunebook study database (SQLite: {text}); check the storage path"
         if "locked" in lower or "busy" in lower:
