@@ -133,7 +133,7 @@ def _open_csv(path: str, option: str = "--csv") -> Iterator[IO[str]]:
 
 def _study_databases(root: Path, max_depth: int = 3, max_entries: int = 5000) -> list[Path]:
     """SQLite files holding tunebook studies under ``root`` (hidden and build folders skipped)."""
-    from tunebook.study._url import StorageError, _sqlite_has_studies
+    from tunebook.study._url import StorageError, sqlite_holds_studies
 
     found: list[Path] = []
     seen = 0
@@ -145,7 +145,7 @@ def _study_databases(root: Path, max_depth: int = 3, max_entries: int = 5000) ->
             if name.endswith(_DATABASE_SUFFIXES):
                 path = Path(directory, name)
                 with contextlib.suppress(StorageError, OSError):
-                    if _sqlite_has_studies(path):
+                    if sqlite_holds_studies(path):
                         found.append(path.relative_to(root))
         if seen > max_entries:
             break

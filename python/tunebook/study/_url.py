@@ -155,7 +155,7 @@ def error_message(storage: Any, error: BaseException) -> str:
     return f"storage {shown}: {text}"
 
 
-def _sqlite_has_studies(path: Path) -> bool:
+def sqlite_holds_studies(path: Path) -> bool:
     """Whether a SQLite file holds tunebook's tables; reads without creating anything.
 
     A database with no ``-wal`` file beside it is complete on disk, so it is opened
@@ -194,7 +194,7 @@ def has_studies(storage: str) -> bool:
             return False
         if path.is_dir():
             raise StorageError(error_message(storage, IsADirectoryError(str(path))))
-        return _sqlite_has_studies(path)
+        return sqlite_holds_studies(path)
     from tunebook.study._storage import get_engine
 
     try:
