@@ -276,3 +276,13 @@ def test_a_real_process_prints_no_traceback(tmp_path):
         assert "Traceback" not in result.stderr and SECRET not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_report_when_the_space_class_cannot_be_imported(cwd, capsys, monkeypatch):
+    study = Study("custom", StandInSpace(), storage="sqlite:///c.db")  # stored as study_helpers:StandInSpace
+    trial = study.ask()
+    trial.report(step=1, valid_loss=1.0)
+    trial.complete()
+    monkeypatch.setitem(sys.modules, "study_helpers", None)  # as in a process without the user's module
+    _fails(["report", "custom", "--storage", "sqlite:///c.db"], capsys,
+           contains=["study_helpers:StandInSpace", "importable"], root=cwd)

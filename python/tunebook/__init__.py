@@ -9,8 +9,9 @@ Subpackages:
     tunebook.analysis     the playbook's plots and warnings, data separated from drawing.
     tunebook.report       the self-contained HTML study report (write_report).
 
-The most used names are re-exported here lazily, so ``import tunebook`` stays cheap
-(torch is imported only when an optimizer or a checkpoint is touched).
+The subpackages and the most used names are attributes of ``tunebook``, loaded on first
+use (``tunebook.search.halton``), so ``import tunebook`` stays cheap: torch is imported
+only when an optimizer or a checkpoint is touched.
 """
 
 from __future__ import annotations

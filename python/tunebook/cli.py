@@ -415,6 +415,9 @@ def user_message(error: BaseException, storage: str | None = None) -> str | None
         if "pip install" in str(error):
             return str(error)
         return f"a package tunebook needs is missing ({error}); reinstall tunebook: pip install tunebook"
+    if isinstance(error, RuntimeError) and isinstance(error.__cause__, (ImportError, AttributeError)):
+        # The study's search space class (a user's own) cannot be imported here.
+        return f"{error}; make the module that defines it importable (e.g. on PYTHONPATH) and run this again"
     if isinstance(error, sa.exc.DBAPIError):
         return error_message(storage, error) if storage else str(error.orig)
     if isinstance(error, OSError) and error.filename:

@@ -12,7 +12,9 @@ deleted only after it. Reopening a directory therefore restores exactly the reco
 the committed saves, and deletes what an interrupted save or eviction left behind:
 ``ckpt-*.pt`` files the index does not name and ``.tunebook-tmp-*`` files. Other
 files are never touched, and a directory holding checkpoint files but no index (or
-an index of another run, when ``run`` is given) is refused rather than cleaned.
+an index of another run, when ``run`` is given) is refused rather than cleaned; so is a
+corrupt index, with a message naming it. A directory that cannot be written opens
+read-only: no lock, no clean-up, ``load_best`` works and ``save`` raises.
 """
 
 from __future__ import annotations
