@@ -14,7 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tunebook._checks import as_step
+from tunebook._checks import STEP_LIMIT, as_step
 from tunebook.study._schema import metrics as metrics_table
 from tunebook.study._schema import trials as trials_table
 from tunebook.study._storage import run_transaction
@@ -91,6 +91,7 @@ class Trial:
         self.worker, self.lease_seconds = worker, lease_seconds
         self._id, self._claim = trial_id, claim
         self._buffer: dict[tuple[str, int], float] = {}
+        self._metric_names: set[str] = set()  # names already checked
         self._last_flush = time.monotonic()
         self._flush_every, self._flush_seconds = flush_every, flush_seconds
         self._write_lock = threading.Lock()
@@ -127,21 +128,27 @@ class Trial:
             ValueError: naming the bad step or metric; nothing of this call is recorded.
         """
         self._check_running()
-        step = as_step(step)
+        if type(step) is not int or not 0 <= step < STEP_LIMIT:  # the common case checks nothing more
+            step = as_step(step)
         if not metrics:
             raise ValueError("report() needs at least one metric, e.g. report(step=10, valid_loss=0.5)")
-        values = {}
+        # Everything is checked before anything is buffered: a refused call records nothing.
+        values = []
         for name, value in metrics.items():
-            if len(name) > 255 or "\x00" in name:
-                raise ValueError(f"metric name {name[:40]!r}... must be at most 255 characters, without NUL")
-            try:
-                if hasattr(value, "item"):
-                    value = value.item()
-                values[name] = float(value)
-            except (TypeError, ValueError, RuntimeError, OverflowError):
-                raise ValueError(f"metric {name!r} must be a number, got {value!r}") from None
+            if name not in self._metric_names:
+                if len(name) > 255 or "\x00" in name:
+                    raise ValueError(f"metric name {name[:40]!r}... must be at most 255 characters, without NUL")
+                self._metric_names.add(name)
+            if type(value) is not float:
+                try:
+                    if hasattr(value, "item"):
+                        value = value.item()
+                    value = float(value)
+                except (TypeError, ValueError, RuntimeError, OverflowError):
+                    raise ValueError(f"metric {name!r} must be a number, got {value!r}") from None
+            values.append((name, value))
         with self._write_lock:
-            for name, value in values.items():
+            for name, value in values:
                 self._buffer[(name, step)] = value
             due = len(self._buffer) >= self._flush_every or time.monotonic() - self._last_flush >= self._flush_seconds
         if due:
