@@ -147,7 +147,8 @@ def rsqrt_schedule(init_value: float, timescale: float = 10_000.0) -> Schedule:
 
     def schedule(step: StepLike) -> float | np.ndarray:
         steps, scalar = as_steps(step)
-        return finish(init_value / np.sqrt(1.0 + np.maximum(steps, 0.0) / timescale), scalar)
+        with np.errstate(over="ignore"):  # steps / timescale past float64: the value is 0, as it should be
+            return finish(init_value / np.sqrt(1.0 + np.maximum(steps, 0.0) / timescale), scalar)
 
     return schedule
 
