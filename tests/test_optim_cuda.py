@@ -914,11 +914,17 @@ def test_cuda_graph_replays_match_torch(name, scenario):
         torch.nn.utils.clip_grad_norm_(ref, 1.0, foreach=False)
         topt.param_groups[0]["lr"] = lrs[i]
         topt.step()
+    hint = (" (is state or buffer initialisation captured into the graph and redone by every "
+            "replay?)" if scenario == "first_step" else "")
     log = opt.grad_norms()
-    assert log.steps == steps, f"{log.steps} steps logged, expected {steps} ({warmup} eager)"
+    assert log.steps == steps, (
+        f"{log.steps} steps logged, expected {steps} ({warmup} eager){hint}")
     torch.testing.assert_close(log.norms.double(), torch.tensor(norms, dtype=torch.float64),
-                               rtol=1e-5, atol=0, msg=lambda m: f"logged norms: {m}")
-    assert_states_close(opt, topt, [params], [ref], rtol=1e-4, atol=1e-6)
+                               rtol=1e-5, atol=0, msg=lambda m: f"logged norms{hint}: {m}")
+    try:
+        assert_states_close(opt, topt, [params], [ref], rtol=1e-4, atol=1e-6)
+    except AssertionError as error:
+        raise AssertionError(f"replayed steps differ from torch's eager ones{hint}: {error}") from None
 
 
 @gpu_only

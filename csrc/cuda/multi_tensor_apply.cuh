@@ -38,7 +38,9 @@
 // load/store per operand. The vector body covers floor(n / kILP) * kILP elements and a
 // scalar tail handles the rest, so an odd-sized tensor still runs vectorised (torch falls
 // back to scalar loads for the whole tensor when numel % 4 != 0). Misaligned tensors
-// (views at odd storage offsets) take a coalesced scalar path.
+// (views at odd storage offsets) take a coalesced scalar path. (The one-operand norm pass
+// in grad_norm.cu has its own loop: 16-byte loads for every dtype, and misaligned grads
+// read as aligned vectors after a short head.)
 //
 // Launch constants. 512 threads, kILP = 4, 64K-element chunks: each thread makes 32
 // passes over its chunk with one vector load per operand in flight per pass; with >= 2
