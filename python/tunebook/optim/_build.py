@@ -3,8 +3,8 @@
 The extension is compiled with :func:`torch.utils.cpp_extension.load` and ninja into a cache
 directory whose name is a hash of everything that changes the binary: the sources, the torch
 version, the compiler flags, the host CPU's ``-march=native`` target and, with CUDA, the
-architecture list. The first use builds (a minute or two, announced on stderr); every later
-use in any process loads the cached library. The ops register themselves with the
+architecture list and nvcc's version. The first use builds (a minute or two, announced on
+stderr); every later use in any process loads the cached library. The ops register themselves with the
 dispatcher (``torch.ops.tunebook.*``) as a side effect of loading (``is_python_module=False``).
 
 When no compiler is available the optimizers fall back to the pure-torch reference path with
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ._cuda_toolkit import cuda_home, cudart_link_dir
+from ._cuda_toolkit import cudart_link_dir, find_toolkit, toolkit_problem
 
 __all__ = ["build_library", "library_backends", "csrc_dir"]
 
@@ -61,6 +61,7 @@ _NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 _lock = threading.Lock()
 _warned_fallback = False
+_warned_toolkit = False
 
 
 def csrc_dir() -> Path:
@@ -108,22 +109,40 @@ def _native_target(cxx: str) -> str:
 
 
 def _use_cuda_home() -> Path | None:
-    """Finds the CUDA toolkit (also the pip one) and points cpp_extension at it."""
+    """Finds a CUDA toolkit of torch's major version (also the pip one) and points
+    cpp_extension at it, also when $CUDA_HOME names one of another major version (which
+    cpp_extension would otherwise use: it reads $CUDA_HOME once, at import)."""
     from torch.utils import cpp_extension
 
-    home = cuda_home()
-    if home is not None and cpp_extension.CUDA_HOME is None:
-        os.environ.setdefault("CUDA_HOME", str(home))
-        cpp_extension.CUDA_HOME = str(home)  # read by load(); computed once at import
-    return home
+    toolkit = find_toolkit()
+    if toolkit is None:
+        return None
+    if cpp_extension.CUDA_HOME is None or Path(cpp_extension.CUDA_HOME) != toolkit.home:
+        cpp_extension.CUDA_HOME = str(toolkit.home)  # read by load()
+    if not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = str(toolkit.home)
+    return toolkit.home
 
 
 def _cuda_wanted() -> bool:
-    if torch.version.cuda is None or _use_cuda_home() is None:
+    if torch.version.cuda is None:
         return False
-    if os.environ.get("TUNEBOOK_BUILD_CUDA") == "1":
-        return True
-    return torch.cuda.is_available()
+    wanted = os.environ.get("TUNEBOOK_BUILD_CUDA") == "1" or torch.cuda.is_available()
+    if _use_cuda_home() is None:
+        if wanted:
+            _warn_toolkit(
+                "tunebook: a CUDA GPU is visible but the CUDA kernels cannot be built, so CUDA "
+                f"params use the slower pure-torch reference path: {toolkit_problem()}"
+            )
+        return False
+    return wanted
+
+
+def _warn_toolkit(message: str) -> None:
+    global _warned_toolkit
+    if not _warned_toolkit:
+        _warned_toolkit = True
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _cuda_arch_list() -> str:
@@ -157,7 +176,11 @@ def _cache_key(with_cuda: bool, cxx: str) -> str:
     digest.update(torch.__version__.encode())
     digest.update(repr((_CFLAGS, _LDFLAGS, sys.version_info[:2], _native_target(cxx))).encode())
     if with_cuda:
-        digest.update(repr((torch.version.cuda, _cuda_arch_list(), _NVCC_FLAGS)).encode())
+        toolkit = find_toolkit()
+        # nvcc's own version, not just torch's CUDA: two nvcc releases (or a toolkit swapped
+        # under a cached library) compile different binaries.
+        nvcc = toolkit.version if toolkit else None
+        digest.update(repr((torch.version.cuda, nvcc, _cuda_arch_list(), _NVCC_FLAGS)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -197,7 +220,14 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
         try:
             torch.ops.load_library(str(library))
             return library
-        except OSError:
+        except OSError as error:
+            reason = _dlopen_reason(error)
+            if _missing_dependency(reason, library):
+                # Rebuilding would give the same library and the same failure, in every
+                # new process: say why instead.
+                raise RuntimeError(
+                    f"the cached kernel library {library} cannot be loaded: {reason}"
+                ) from error
             library.unlink()  # a link step cut short: rebuild it
     _remove_stale_lock(build_dir)
     if not library.exists():
@@ -212,7 +242,14 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
         os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
         home = _use_cuda_home()
         if home is None:
-            raise RuntimeError("with_cuda=True but no CUDA toolkit (nvcc) was found")
+            raise RuntimeError(f"with_cuda=True but {toolkit_problem()}")
+        toolkit = find_toolkit()
+        passed_over = [f"{where}={path} ({why})" for where, path, why in toolkit.rejected
+                       if where.startswith("$")]
+        if passed_over:
+            print(f"tunebook: not using {', '.join(passed_over)}: torch needs CUDA "
+                  f"{torch.version.cuda.split('.')[0]}.x; building with nvcc {toolkit.version} "
+                  f"from {home} ({toolkit.source})", file=sys.stderr, flush=True)
         link_dir = cudart_link_dir(build_dir, home)
         if link_dir is not None:
             ldflags.append(f"-L{link_dir}")
@@ -236,6 +273,20 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
             else:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
     return library
+
+
+def _dlopen_reason(error: BaseException) -> str:
+    """The loader's own message: torch.ops.load_library wraps it ("Could not load this
+    library: ...") and chains the original."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error)
+
+
+def _missing_dependency(reason: str, library: Path) -> bool:
+    """Whether dlopen failed on a library that ``library`` needs (``libcudart.so.12: cannot
+    open shared object file``), rather than on ``library`` itself (truncated, not ELF)."""
+    return "cannot open shared object file" in reason and not reason.startswith(str(library))
 
 
 # A build takes minutes; a lock older than this was left by a process that died holding it.
