@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,13 @@ SPACE = {
 """The search space: one scientific hyperparameter, its conditional nuisance ones."""
 
 STUDY_NAME = "digits-mlp"
+DEFAULT_TRIALS = 40
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tunebook.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=40, help="trials in the study (default 40)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help=f"trials in the study (default {DEFAULT_TRIALS}; given on a resumed study, its new size)")
     parser.add_argument("--steps", type=int, default=500, help="training steps per trial (default 500)")
     parser.add_argument("--eval-every", type=int, default=25, help="steps between evaluations (default 25)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -55,12 +58,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="Halton seed of a new study")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    # Every argument is checked here, before the study is touched: a bad one must not
+    # burn a trial, nor become the study's "reproduce with" command.
     for name in ("trials", "steps", "eval_every", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}={value} must be >= 1")
     if args.eval_every > args.steps:
         parser.error(f"--eval-every={args.eval_every} must be <= --steps={args.steps}")
+    if not (math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0):
+        parser.error(f"--max-grad-norm={args.max_grad_norm} must be a finite number > 0 (the clipping threshold)")
+    if not 0 <= args.seed < 2**63:
+        parser.error(f"--seed={args.seed} must be in [0, 2**63)")
+    if not args.name.strip():
+        parser.error("--name must not be empty")
+    given = sys.argv[1:] if argv is None else list(argv)
+    args.command = f"python -m tunebook.demo {shlex.join(given)}" if given else "make demo"
     return args
+
+
+def preflight(args: argparse.Namespace) -> Path:
+    """Checks what the demo needs before it touches the study: its packages and a
+    writable output directory. Exits with a message naming the fix."""
+    import importlib.util
+
+    missing = [name for module, name in (("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        sys.exit(f'tunebook demo: it needs {" and ".join(missing)}: pip install "tunebook[demo]"')
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".tunebook-write-probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        sys.exit(f"tunebook demo: cannot write to --out {out}: {error.strerror}; choose a writable directory")
+    return out
 
 
 # --------------------------------------------------------------------------- data, model
@@ -204,14 +238,18 @@ def open_study(args: argparse.Namespace, storage: str) -> Any:
     k = 1
     while numbered(k) in names:
         k += 1
-    command = "python -m tunebook.demo " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make demo"
+    command = getattr(args, "command", None) or "make demo"
     if k > 1 and not args.new:
         study = Study(numbered(k - 1), storage=storage)
         records = study.trials()
-        if len(records) < (study.max_trials or 0) or any(r.state in ("running", "pending") for r in records):
+        size = args.trials if args.trials is not None else study.max_trials
+        if len(records) < (size or 0) or any(r.state in ("running", "pending") for r in records):
+            if size != study.max_trials:  # a new --trials resizes the study it resumes
+                study = Study(study.name, storage=storage, max_trials=size)
             return study, True
     name = numbered(k)
-    study = Study(name, SearchSpace.from_dict(SPACE), storage=storage, seed=args.seed, max_trials=args.trials,
+    study = Study(name, SearchSpace.from_dict(SPACE), storage=storage, seed=args.seed,
+                  max_trials=args.trials or DEFAULT_TRIALS,
                   metric="valid_loss", mode="min", config_path="tunebook/demo.py (SPACE)",
                   notes="Nesterov momentum vs Adam on sklearn digits, MLP 64-128-128-10; nuisance: "
                         "learning rate, momentum/beta1, warmup fraction",
@@ -227,8 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from tqdm import tqdm
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = preflight(args)
     storage = f"sqlite:///{out / 'studies.db'}"
     study, resumed = open_study(args, storage)
     print(f"tunebook demo: study {study.name!r} in {storage} "

@@ -12,7 +12,8 @@ exactly one warning; ``TUNEBOOK_BACKEND=reference`` selects that path without bu
 
 Environment:
     TUNEBOOK_CACHE_DIR: cache root (default ``~/.cache/tunebook``).
-    TUNEBOOK_CSRC: the csrc/ directory (default: ``<repo>/csrc`` next to ``python/``).
+    TUNEBOOK_CSRC: the kernel sources (default: ``tunebook/_csrc`` inside the package, which
+        in a checkout links to ``<repo>/csrc``).
     TUNEBOOK_BACKEND: ``reference`` to never build.
     TUNEBOOK_BUILD_CUDA: ``1`` to compile the .cu sources even without a visible GPU (a CUDA
         toolkit is needed; ``TORCH_CUDA_ARCH_LIST`` picks the targets, default ``9.0``).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -63,11 +65,29 @@ _warned_toolkit = False
 
 
 def csrc_dir() -> Path:
-    """The csrc/ directory holding the kernel sources."""
+    """The directory holding the kernel sources.
+
+    ``$TUNEBOOK_CSRC`` if set; else the sources shipped inside the package
+    (``tunebook/_csrc``, found through :mod:`importlib.resources`; in a checkout that is a
+    symbolic link to the repository's ``csrc/``, so edits there are picked up in place);
+    else a checkout's ``csrc/`` beside ``python/``.
+
+    Raises:
+        RuntimeError: no kernel sources anywhere (an incomplete installation).
+    """
     env = os.environ.get("TUNEBOOK_CSRC")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "csrc"
+    packaged = Path(str(importlib.resources.files("tunebook") / "_csrc"))
+    checkout = Path(__file__).resolve().parents[3] / "csrc"
+    for candidate in (packaged, checkout):
+        if (candidate / "ops.cpp").is_file():
+            return candidate
+    raise RuntimeError(
+        f"tunebook's kernel sources are missing (no {packaged / 'ops.cpp'}): this installation is "
+        "incomplete; reinstall it (pip install --force-reinstall tunebook), or set TUNEBOOK_CSRC to a "
+        "checkout's csrc/ directory"
+    )
 
 
 def _cxx() -> str | None:
@@ -183,7 +203,7 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
     _ensure_ninja_on_path()
     cxx = _cxx()
     if cxx is None:
-        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+        raise RuntimeError("no C++ compiler found (neither $CXX, c++ nor g++ is on PATH)")
     if with_cuda is None:
         with_cuda = _cuda_wanted()
     key = _cache_key(with_cuda, cxx)
@@ -305,6 +325,26 @@ def _ensure_ninja_on_path() -> None:
             return
 
 
+def build_failure_hint(cause: str) -> str | None:
+    """What to install when the kernel build failed with ``cause``, or None if unknown."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if "no C++ compiler" in cause:
+        return (
+            "install a C++ compiler: apt-get install g++ (Debian/Ubuntu), dnf install gcc-c++ "
+            "(Fedora/RHEL), or conda install -c conda-forge gxx; or point CXX at one"
+        )
+    if "Python.h" in cause:
+        return (
+            f"install the Python development headers: apt-get install python{version}-dev "
+            "(Debian/Ubuntu) or dnf install python3-devel (Fedora/RHEL)"
+        )
+    if "Ninja is required" in cause or "ninja: not found" in cause:
+        return "install ninja: pip install ninja"
+    if "omp.h" in cause:
+        return "install OpenMP for your compiler: apt-get install libomp-dev (clang) or use g++"
+    return None
+
+
 def _has_kernel(op: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"tunebook::{op}", key)
 
@@ -319,9 +359,12 @@ def _load() -> frozenset[str]:
     except Exception as error:  # noqa: BLE001 - any build failure means: use the reference
         if not _warned_fallback:
             _warned_fallback = True
+            cause = str(error).strip()
+            hint = build_failure_hint(cause)
             warnings.warn(
                 "tunebook: could not build the C++ optimizer kernels, so the optimizers use the "
-                f"slower pure-torch reference path. Cause: {str(error).strip()[-2000:]}",
+                f"slower pure-torch reference path.{f' To fix: {hint}.' if hint else ''} "
+                f"Cause: {cause[-2000:]}",
                 RuntimeWarning,
                 stacklevel=4,
             )

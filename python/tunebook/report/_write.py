@@ -98,8 +98,6 @@ def render_report(
     from tunebook.analysis import _draw
 
     study = study_or_trials if hasattr(study_or_trials, "trials") and callable(study_or_trials.trials) else None
-    if analysis is None:
-        analysis = analyze_study(study_or_trials, **analysis_options)
     trials = list(study.trials()) if study is not None else list(study_or_trials)
     views = trial_views(trials)
     if summary is None and study is not None and hasattr(study, "summary"):
@@ -107,6 +105,10 @@ def render_report(
     summary = dict(summary or {})
     name = summary.get("name") or getattr(study, "name", None) or "study"
     title = title or f"tunebook study report: {name}"
+    if analysis is None and not any(v.state in ("complete", "infeasible") for v in views):
+        return _unfinished_report(title, name, views, summary, extra_html)
+    if analysis is None:
+        analysis = analyze_study(study_or_trials, **analysis_options)
     feasible = [v for v in views if v.feasible]
     best = min(feasible, key=lambda v: (v.value if analysis.mode == "min" else -v.value, v.index), default=None)
 
@@ -182,13 +184,47 @@ def render_report(
     ))
     parts.append(_section("All trials", "Best trial highlighted; infeasible trials in red.",
                           _trials_table(views, None if best is None else best.index)))
-    body = "\n".join(parts)
+    return _page(title, "\n".join(parts))
+
+
+def _page(title: str, body: str) -> str:
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
+
+
+def _unfinished_report(title: str, name: str, views: Sequence[Any], summary: dict[str, Any], extra_html: str) -> str:
+    """The report of a study with no finished trial yet: what there is, and what to do."""
+    counts = {s: sum(v.state == s for v in views) for s in ("running", "pending", "failed")}
+    rows = [
+        ("study", name),
+        ("metric", f"{summary['metric']} ({summary['mode']})" if summary.get("metric") else None),
+        ("trials run", f"0 of {summary.get('max_trials') or len(views)}"),
+        ("running / pending / failed", " / ".join(str(counts[s]) for s in ("running", "pending", "failed"))),
+        ("config", summary.get("config")),
+        ("notes", summary.get("notes")),
+        ("reproduce with", summary.get("command")),
+    ]
+    if not views:
+        state = "No trial has been run yet."
+    else:
+        state = (f"None of its {len(views)} trials has finished as complete or infeasible yet "
+                 f"({counts['running']} running, {counts['pending']} pending, {counts['failed']} failed).")
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        f"<div class='sub'>written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by tunebook</div>",
+        _kv_table([r for r in rows if r[1] not in (None, "")]),
+        "<h2>No finished trial yet</h2>",
+        f"<p class='note'>{escape(state)} The plots and the playbook's checks need at least one finished "
+        "trial: run trials (or let the running ones finish), then write the report again.</p>",
+        extra_html,
+    ]
+    if views:
+        parts.append(_section("All trials", "Failed trials in grey.", _trials_table(views, None)))
+    return _page(title, "\n".join(parts))
 
 
 def default_report_path(name: str) -> Path:
