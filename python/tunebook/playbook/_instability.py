@@ -700,7 +700,8 @@ def _lr_sweep_plot_data(result: LRSweepInstability) -> _LRSweepPlotData:
     curves = tuple(_curve_plot_data(f"lr {c.learning_rate:.3g} (trial {c.trial})", c.instability, c.unstable)
                    for c in result.above if c.instability is not None)
     group = "".join(f", {k}={v}" for k, v in result.group.items())
-    title = f"lr* = {result.best_learning_rate:.3g}{group}: " + ("unstable above" if result.unstable else "stable above")
+    state = "unstable above" if result.unstable else "stable above"
+    title = f"lr* = {result.best_learning_rate:.3g}{group}: {state}"
     return _LRSweepPlotData(result.lr_param, result.metric, result.learning_rates[ok], result.values[ok],
                             result.learning_rates[~ok], result.best_learning_rate, best_value,
                             any(w.code == "best_lr_at_feasibility_edge" for w in result.warnings), curves, title)

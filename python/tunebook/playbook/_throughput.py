@@ -31,9 +31,9 @@ class ThroughputSweep(NamedTuple):
         time_per_step: the median seconds per training step of each.
         throughput: examples per second, ``batch_size / time_per_step``.
         step_times: the seconds per step of each timed block, per batch size.
-        peak_memory: peak memory of each, in bytes (CUDA: the device's peak allocated
-            memory during that batch size; CPU: the process's peak resident set), NaN
-            when unknown.
+        peak_memory: peak memory of each, in bytes, NaN when unknown. CUDA: the peak
+            memory allocated on the device while that size ran; CPU: the process's peak
+            resident set while it ran (Linux; elsewhere the process's lifetime peak).
         gains: ``throughput[i] / throughput[i - 1]`` (2.0 is perfect scaling; NaN first).
         efficiency: ``gains / 2``: 1.0 when doubling the batch doubled the throughput.
         recommended: the batch size to use, or None when none fit.
@@ -113,11 +113,26 @@ class _Device:
     def reset_peak(self) -> None:
         if self.cuda:
             self.torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.device.type == "cpu":
+            try:  # Linux: "5" resets the process's peak resident set (VmHWM)
+                with open("/proc/self/clear_refs", "w") as file:
+                    file.write("5")
+            except OSError:
+                pass
 
     def peak(self) -> float:
+        """Peak memory since :meth:`reset_peak`, in bytes (CPU: the peak resident set,
+        VmHWM on Linux, else the process's lifetime peak)."""
         if self.cuda:
             return float(self.torch.cuda.max_memory_allocated(self.device))
         if self.device.type == "cpu":
+            try:
+                with open("/proc/self/status") as file:
+                    for line in file:
+                        if line.startswith("VmHWM:"):
+                            return float(line.split()[1]) * 1024
+            except (OSError, ValueError, IndexError):
+                pass
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             return float(rss if sys.platform == "darwin" else rss * 1024)
         return math.nan
@@ -145,7 +160,7 @@ def throughput_sweep(
     warmup_steps: int = 2,
     timed_steps: int = 10,
     repeats: int = 5,
-    confirm: int = 1,
+    confirm: int = 2,
     min_gain: float = 1.2,
     bottleneck_growth: float = 1.15,
     device: Any = None,
@@ -195,12 +210,13 @@ def throughput_sweep(
             the optimizer update, on a batch of that size.
         start: the first batch size (default 8).
         max_batch_size: the largest batch size to try (e.g. the training set's size).
-        memory_budget: stop when a size's peak memory exceeds this many bytes.
+        memory_budget: stop when a size's peak memory (see ``peak_memory``) exceeds
+            this many bytes; on the CPU that counts everything the process holds.
         warmup_steps: untimed steps per size (default 2).
         timed_steps: steps per timed block (default 10).
         repeats: timed blocks per size (default 5).
         confirm: extra alternate timings of the last two sizes before the sweep stops
-            for lack of scaling (default 1; 0 for none).
+            for lack of scaling (default 2, so they outvote the first; 0 for none).
         min_gain: the throughput gain a doubling must give to count as scaling, in
             (1, 2] (default 1.2).
         bottleneck_growth: warn of a bottleneck when the time per step grew by more
@@ -294,7 +310,6 @@ def _measure(step: Callable[[int], Any], batch_size: int, dev: _Device, warmup: 
     the out-of-memory message."""
     message = ""
     try:
-        dev.free()
         dev.reset_peak()
         for _ in range(warmup):
             step(batch_size)
