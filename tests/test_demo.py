@@ -48,7 +48,7 @@ def test_demo_runs_resumes_and_starts_anew(tmp_path, capsys):
 
     results = {r.procedure: r.result for r in recorded(study)}
     batch_size = study.attrs["demo.batch_size"]
-    assert batch_size == results["throughput_sweep"].recommended and 16 <= batch_size <= 256
+    assert batch_size == results["throughput_sweep"].recommended and 16 <= batch_size <= 128
     assert f"batch size: {batch_size}" in text
     check = results["early_instability_check"]
     assert check.evaluations == 31 and check.factor == 2.0

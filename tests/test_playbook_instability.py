@@ -93,6 +93,34 @@ def test_noisy_but_stable_curves_raise_nothing(seed):
     assert found.verdict.startswith("Stable")
 
 
+@pytest.mark.parametrize(("noise", "n"), [(0.1, 2000), (0.2, 200), (0.2, 2000)])
+def test_noisy_minibatch_losses_raise_nothing(noise, n):
+    steps = np.linspace(0, 5000, n).astype(int)
+    for seed in range(5):
+        found = detect_instability(steps, decaying(steps, scale=800.0, noise=noise, seed=seed))
+        assert found.events == (), (seed, found.verdict)
+
+
+def test_a_rise_stands_out_of_noise():
+    steps = np.arange(0, 5000, 5)
+    losses = decaying(steps, scale=400.0, noise=0.1, seed=3)
+    losses[steps >= 3000] *= 3.0  # the loss triples at step 3000 and stays there
+    found = detect_instability(steps, losses)
+    (event,) = found.events
+    assert event.kind == "rise" and abs(event.step - 3000) <= 15 and event.phase == "mid"
+
+
+def test_a_short_burst_in_a_steep_decline_needs_the_raw_curve():
+    # Figure 5's pattern, evaluated exactly: a 3-step burst during the first steep fall.
+    steps = np.arange(500)
+    losses = 0.01 + 2.3 * np.exp(-steps / 6.0)
+    losses[9:12] = [1.3, 1.2, 0.85]
+    raw = detect_instability(steps, losses, smooth=1)
+    assert raw.unstable and raw.phase == "early" and 8 <= raw.began <= 9
+    assert raw.events[0].end_step == 12
+    assert not detect_instability(steps, losses).unstable  # the running median smears it away
+
+
 def test_the_docstring_example():
     steps = list(range(100))
     losses = [2.0 - 0.015 * s if s <= 60 else 1.1 + 0.05 * (s - 60) for s in steps]

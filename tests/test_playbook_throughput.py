@@ -217,8 +217,8 @@ def test_real_mlp_training_steps_on_the_cpu():
     assert sweep.recommended in sweep.batch_sizes.tolist()
     assert np.all(sweep.time_per_step > 0) and np.all(np.diff(sweep.batch_sizes) > 0)
     assert all(times.size in (3, 9) for times in sweep.step_times)  # 9: timed again before stopping
-    # Small steps are overhead-bound: going from 8 to 16 examples at least raises throughput.
-    assert sweep.throughput[1] > sweep.throughput[0]
+    assert sweep.stop_reason in ("max_batch_size", "stopped_scaling")  # (which one depends on the machine)
+    assert (sweep.stopped_at is None) == (sweep.stop_reason == "max_batch_size")
 
 
 def test_plot_data_and_drawing():

@@ -15,6 +15,11 @@ from tunebook.analysis._trials import check_mode, oriented, trial_views
 from tunebook.playbook import _record
 
 
+_NOISE_WINDOW = 101  # evaluations over which the noise is measured
+_TREND_SIGMAS = 4.0  # ... a rise of the trend must exceed this many of its deviations, beyond the minimum's bias
+_SPIKE_SIGMAS = 6.0  # a single loss must exceed the trend by this many of the losses' deviations
+
+
 @_record.recordable
 class InstabilityEvent(NamedTuple):
     """One instability found in a loss curve.
@@ -100,12 +105,13 @@ def _check_real(name: str, value: Any, *, low: float, low_open: bool = True, hig
 
 
 def _running_median(values: np.ndarray, width: int) -> np.ndarray:
-    """The centred running median over ``width`` points (edges padded with the end values)."""
+    """The centred running median over ``width`` points (narrower at the ends: only the
+    points that exist count)."""
     half = width // 2
     if half == 0 or values.size <= 1:
-        return values.copy()
-    padded = np.pad(values, half, mode="edge")
-    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+        return values.astype(np.float64, copy=True)
+    padded = np.pad(values.astype(np.float64), half, mode="constant", constant_values=np.nan)
+    return np.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -136,7 +142,7 @@ def detect_instability(
     gradients cause spurious spikes.
 
     The curve is judged on its trend :math:`s_t`, a running median over ``smooth``
-    evaluations (one noisy evaluation moves it little). With :math:`s_0` the starting
+    evaluations (one noisy evaluation moves it little; see below). With :math:`s_0` the starting
     loss and :math:`m_t = \min_{u \le t} s_u` the best so far, the loss is *over the
     threshold* at :math:`t` when
 
@@ -152,11 +158,20 @@ def detect_instability(
       the trend's climb started (the last step before it at which the trend stopped
       falling);
     * **spike**: a shorter excursion, or a single loss at least ``spike`` times the
-      trend and over the threshold.
+      trend and more than the threshold above every loss before it.
+
+    Noise: the running median keeps one noisy evaluation from counting, and the noise
+    is measured locally (1.4826 x the median absolute deviation of the step-to-step
+    changes from their running median, over 101 evaluations, divided by the square root
+    of 2): the threshold is at least
+    :math:`4 + \sqrt{2 \ln(t + 1)}` standard deviations of the trend (the second term
+    is how far below its mean the running minimum of :math:`t + 1` noisy values
+    falls), and a spike must stand 6 standard deviations of the losses above it. A loss evaluated exactly on a fixed set has no such noise: judge it raw
+    (``smooth=1``), since a running median lags in a steep early decline and would
+    hide a short burst there.
 
     An event is *early* when it begins within the first ``early_fraction`` of
-    ``total_steps``, else *mid*-training. For very noisy per-step losses, raise
-    ``smooth``.
+    ``total_steps``, else *mid*-training.
 
     Args:
         steps: the steps of the evaluations (strictly increasing integers).
@@ -166,7 +181,8 @@ def detect_instability(
         give_back: the share of the progress so far that a climb must also give back
             (default 0.05).
         window: evaluations a rise must last (default 3).
-        smooth: the running median's width in evaluations (default 5; 1 for none).
+        smooth: the running median's width in evaluations (default 5; 1 for none, for
+            a loss evaluated exactly on a fixed set).
         spike: how many times the trend a single loss must reach to be a spike
             (default 2).
         early_fraction: the share of training that counts as early (default 0.1).
@@ -219,8 +235,13 @@ def detect_instability(
     if cut:
         s = _running_median(head, smooth)
         trend[:cut] = s
-        best = np.minimum.accumulate(s)
-        tolerance = np.maximum(rise * np.abs(best), give_back * (s[0] - best))
+        best, tolerance = _tolerance(s, rise, give_back)
+        # The noise around the trend, locally: the trend and its running minimum move
+        # with it, so a rise (or a spike) must also stand out of it.
+        noise = _local_noise(head) if smooth > 1 else np.zeros(cut)
+        # The running minimum of n noisy values sits about sqrt(2 ln n) deviations low.
+        sigmas = _TREND_SIGMAS + np.sqrt(2 * np.log(np.arange(1, cut + 1)))
+        tolerance = np.maximum(tolerance, sigmas * 1.2533 * noise / math.sqrt(smooth))
         over = s - best > tolerance
         declined = s[0] - best > rise * np.abs(best)
         sustained = np.zeros(cut, dtype=bool)
@@ -239,7 +260,10 @@ def detect_instability(
                     bool(declined[start])))
             else:
                 short[start:end] = True
-        jumps = (head - best > tolerance) & (head >= spike * s) & (head > s)
+        # A spike stands above every loss before it (the trend is centred: it already
+        # knows of a drop to come), above the trend, and out of the noise.
+        before = np.concatenate([[np.inf], np.minimum.accumulate(head)[:-1]])
+        jumps = (head - before > tolerance) & (head >= spike * s) & (head - s > _SPIKE_SIGMAS * noise)
         for start, end in _runs((short | jumps) & ~sustained):
             peak = start + int(np.argmax(head[start:end]))
             events.append(InstabilityEvent(
@@ -259,6 +283,24 @@ def detect_instability(
     return Instability(steps_array, losses_array, trend, tuple(events), bool(events),
                        first.phase if first else "", first.step if first else None, verdict, tuple(warnings),
                        rise, give_back, window, smooth, spike, early_fraction, total)
+
+
+def _local_noise(values: np.ndarray) -> np.ndarray:
+    """The standard deviation of the noise on ``values``, locally: from the step-to-step
+    changes (the trend's own slope removed by their running median), robustly, so that
+    neither a smooth decline nor a few outliers count as noise."""
+    if values.size < 3:
+        return np.zeros(values.size)
+    changes = np.diff(values)
+    spread = np.abs(changes - _running_median(changes, _NOISE_WINDOW))
+    scale = 1.4826 * _running_median(spread, _NOISE_WINDOW) / math.sqrt(2)
+    return np.concatenate([scale[:1], scale])
+
+
+def _tolerance(trend: np.ndarray, rise: float, give_back: float) -> tuple[np.ndarray, np.ndarray]:
+    """The best trend so far and the threshold above it (see :func:`detect_instability`)."""
+    best = np.minimum.accumulate(trend)
+    return best, np.maximum(rise * np.abs(best), give_back * (trend[0] - best))
 
 
 def _event_text(event: InstabilityEvent) -> str:
@@ -579,7 +621,9 @@ def early_instability_check(
         eval_every: steps between evaluations (default 1: every step).
         study: a :class:`tunebook.Study` to record the result with, for its report.
         **detect: thresholds for :func:`detect_instability` (``early_fraction``
-            defaults to 1 here).
+            defaults to 1 here). When ``report`` gives the loss on a fixed evaluation
+            set (no minibatch noise), pass ``smooth=1``: a running median lags in the
+            steep first steps and would hide a short burst there.
 
     Returns:
         An :class:`EarlyInstabilityCheck`.
