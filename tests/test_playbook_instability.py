@@ -302,6 +302,8 @@ def test_early_check_bad_arguments(kwargs, match):
         early_instability_check(lambda *a: None, 0.1, **kwargs)
     with pytest.raises(ValueError, match="best_lr=-1 must be a finite number|best_lr=-1 must be > 0"):
         early_instability_check(lambda *a: None, -1)
+    with pytest.raises(ValueError, match=r"factor \* best_lr = .* overflows"):
+        early_instability_check(lambda *a: None, 1e300, factor=1e10)
 
 
 def test_early_check_needs_reports():

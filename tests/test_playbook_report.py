@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunebook import playbook
 from tunebook.analysis import AnalysisWarning
@@ -26,6 +28,7 @@ from tunebook.playbook import (
     shortest_stable_warmup,
     throughput_sweep,
     warmup_sweep,
+    with_warmup,
 )
 from tunebook.playbook._record import decode, encode
 from tunebook.study import Study
@@ -229,3 +232,55 @@ def test_an_unreadable_record_is_named_and_nothing_else_is_shown(tmp_path):
     html = render_report(study)
     assert "<h2>Batch size: the throughput sweep</h2>" in html and "This record could not be read" in html
     assert sum(f"<h2>{title}</h2>" in html for title in SECTIONS.values()) == 1
+
+
+def test_the_procedures_do_not_import_matplotlib():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, math, tunebook.playbook as p; "
+            "p.detect_instability([0, 1, 2], [1.0, 0.5, 2.0]); p.warmup_sweep(0.1, 1000); "
+            "p.round_two({'learning_rate': 0.1}, 'cosine', 10, 20); "
+            "p.throughput_sweep(lambda b: None, max_batch_size=16, warmup_steps=0, timed_steps=1, repeats=1); "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+    env = dict(os.environ, PYTHONPATH=str(Path(playbook.__file__).parents[2]))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+json_leaves = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), st.floats(allow_nan=True),
+                        st.text(max_size=8))
+arrays = st.one_of(
+    st.lists(st.floats(allow_nan=True, width=64), max_size=6).map(lambda v: np.asarray(v, dtype=np.float64)),
+    st.lists(st.integers(-2**31, 2**31), max_size=6).map(lambda v: np.asarray(v, dtype=np.int64)),
+    st.lists(st.booleans(), max_size=6).map(lambda v: np.asarray(v, dtype=bool)),
+)
+values = st.recursive(
+    st.one_of(json_leaves, arrays, st.builds(AnalysisWarning, st.text(max_size=5), st.text(max_size=5))),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.lists(inner, max_size=4).map(tuple),
+                            st.dictionaries(st.text(max_size=5).filter(lambda k: not k.startswith("__")), inner,
+                                            max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values)
+def test_any_recordable_value_survives_json(value):
+    assert_same(decode(json.loads(json.dumps(encode(value)))), value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**7),
+       st.floats(allow_nan=True, allow_infinity=True))
+def test_warmup_arguments_are_checked(unstable, max_train_steps, factor):
+    try:
+        sweep = warmup_sweep(unstable, max_train_steps, factor=factor)
+    except ValueError as error:
+        assert any(name in str(error) for name in ("unstable_base_lr", "max_train_steps", "factor"))
+        return
+    assert math.isfinite(sweep.base_learning_rate) and sweep.factor > 1
+    assert all(w <= 0.1 * max_train_steps for w in sweep.warmup_steps)
+    warm = with_warmup(0.1, sweep.warmup_steps[-1], max_train_steps)
+    assert warm.max_train_steps == max_train_steps + sweep.warmup_steps[-1]

@@ -48,6 +48,7 @@ def test_warmup_sweep_follows_the_playbook():
     ((0.0, 10_000), {}, "unstable_base_lr=0.0 must be a positive"),
     ((0.5, 10_000), {"warmup_steps": []}, "warmup_steps must be a non-empty list"),
     ((0.5, 10_000), {"warmup_steps": [0]}, "warmup_steps=0 must be >= 1"),
+    ((1e300, 10_000), {"factor": 1e10}, "factor \\* unstable_base_lr = .* overflows"),
 ])
 def test_warmup_sweep_bad_arguments(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -140,7 +141,7 @@ def test_a_real_warmup_sweep_on_the_cpu(tmp_path):
                     w -= schedule(step) * w.grad
                     w.grad.zero_()
                 trial.report(step=step, train_loss=float(loss.detach()))
-                if not math.isfinite(float(loss)) or float(loss) > 1e6:
+                if not math.isfinite(float(loss.detach())) or float(loss.detach()) > 1e6:
                     diverged = True
                     break
             trial.infeasible("diverged") if diverged else trial.complete()

@@ -644,6 +644,8 @@ def early_instability_check(
     detect.setdefault("early_fraction", 1.0)
     detect.setdefault("total_steps", steps)
     lr = factor * best_lr
+    if not math.isfinite(lr):
+        raise ValueError(f"factor * best_lr = {factor!r} * {best_lr!r} overflows: not a learning rate")
     reported: dict[int, float] = {}
 
     def report(step: int, loss: float) -> None:

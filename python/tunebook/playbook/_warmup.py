@@ -152,6 +152,8 @@ def warmup_sweep(
             raise ValueError(f"warmup_steps={too_long} is over 10% of {max_train_steps=} ({limit:g} steps): the "
                              "playbook keeps the longest warmup swept within 10%")
     base = factor * unstable
+    if not math.isfinite(base):
+        raise ValueError(f"factor * unstable_base_lr = {factor!r} * {unstable!r} overflows: not a learning rate")
     points = [{"warmup_steps": w, "post_warmup_steps": post_warmup_factor * w,
                "train_steps": (1 + post_warmup_factor) * w, lr_param: base} for w in chosen]
     info = {"max_train_steps": max_train_steps, "base_learning_rate": base, "unstable_base_learning_rate": unstable,
