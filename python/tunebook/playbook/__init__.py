@@ -31,14 +31,12 @@ Example:
     11000
 """
 
+from tunebook.playbook._detect import Instability, InstabilityEvent, detect_instability
 from tunebook.playbook._grid import GridSpace
 from tunebook.playbook._instability import (
     CurveAboveBest,
     EarlyInstabilityCheck,
-    Instability,
-    InstabilityEvent,
     LRSweepInstability,
-    detect_instability,
     early_instability_check,
     lr_sweep_instability,
 )

@@ -9,12 +9,10 @@ from typing import Any
 import numpy as np
 
 from tunebook.analysis._draw import BEST_COLOR, FEASIBLE_COLOR, INFEASIBLE_COLOR, WARN_COLOR, _figure
+from tunebook.playbook._detect import Instability, _curve_plot_data, _CurvePlotData
 from tunebook.playbook._instability import (
     EarlyInstabilityCheck,
-    Instability,
     LRSweepInstability,
-    _curve_plot_data,
-    _CurvePlotData,
     _early_check_plot_data,
     _lr_sweep_plot_data,
 )

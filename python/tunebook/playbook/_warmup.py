@@ -14,7 +14,7 @@ from tunebook.analysis import AnalysisWarning
 from tunebook.analysis._trials import trial_views
 from tunebook.playbook import _record
 from tunebook.playbook._grid import GridSpace
-from tunebook.playbook._instability import Instability, detect_instability
+from tunebook.playbook._detect import Instability, detect_instability
 from tunebook.schedules import Schedule, ScalarOrSchedule, constant_schedule, linear_warmup
 
 #: The longest warmup the playbook sweeps, as a share of max_train_steps.
