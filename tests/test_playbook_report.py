@@ -284,3 +284,18 @@ def test_warmup_arguments_are_checked(unstable, max_train_steps, factor):
     assert all(w <= 0.1 * max_train_steps for w in sweep.warmup_steps)
     warm = with_warmup(0.1, sweep.warmup_steps[-1], max_train_steps)
     assert warm.max_train_steps == max_train_steps + sweep.warmup_steps[-1]
+
+
+def test_every_drawing_returns_a_figure():
+    pytest.importorskip("matplotlib")
+    from tunebook.playbook import detect_instability, instability_plot, plot, round_two_plot
+
+    steps = np.arange(100)
+    found = detect_instability(steps, [2.0 - 0.015 * s if s <= 60 else 1.1 + 0.05 * (s - 60) for s in steps])
+    figure = instability_plot(found, label="train_loss", log_x=True)
+    assert figure.axes[0].get_xscale() == "symlog" and len(figure.axes[0].lines) == 2
+    assert plot(found).axes  # the dispatcher knows every result
+    two = round_two({"learning_rate": 0.1}, "cosine", 100, 300)
+    assert len(round_two_plot(two).axes[0].lines) == 3  # both schedules and the end of Round 1
+    with pytest.raises(TypeError, match="no drawing for a dict"):
+        plot({})
