@@ -234,3 +234,32 @@ def test_plot_data_and_drawing():
 
     figure = throughput_plot(sweep)
     assert len(figure.axes) == 2 and figure.axes[0].get_xscale() == "log"
+
+
+def test_on_cuda_each_timed_block_is_synchronised_and_peak_memory_read(monkeypatch):
+    """No GPU here: torch.cuda's calls are recorded instead, with a step that
+    initialises CUDA itself (the default device follows it)."""
+    events = []
+    state = {"initialised": False}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: state["initialised"])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", str(device))))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: events.append(("reset",)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1000.0 * len(events))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append(("empty",)))
+
+    def step(batch_size):
+        state["initialised"] = True
+        events.append(("step", batch_size))
+
+    sweep = throughput_sweep(step, start=8, max_batch_size=16, warmup_steps=1, timed_steps=2, repeats=2)
+    assert sweep.device == "cuda:0" and np.all(sweep.peak_memory > 0)
+    per_size = [e for e in events if e[0] != "empty"]
+    first = per_size[:per_size.index(("step", 16)) - 1]
+    # warmup (it initialises CUDA: the sweep follows it there and resets the peak), sync,
+    # then each timed block: 2 steps, sync
+    assert first == [("step", 8), ("reset",), ("sync", "cuda:0"), ("step", 8), ("step", 8),
+                     ("sync", "cuda:0"), ("step", 8), ("step", 8), ("sync", "cuda:0")]
+    second = per_size[len(first):]
+    assert second[:3] == [("reset",), ("step", 16), ("sync", "cuda:0")] and second[-1] == ("sync", "cuda:0")

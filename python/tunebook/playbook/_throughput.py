@@ -91,6 +91,7 @@ class _Device:
         import torch
 
         self.torch = torch
+        self.auto = device is None
         if device is None:
             cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
             device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -105,6 +106,15 @@ class _Device:
                 device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.cuda = device.type == "cuda"
+
+    def follow(self) -> bool:
+        """With no device given: switch to CUDA once the step has initialised it (a
+        model moved to the GPU inside the step). True when it switched."""
+        torch = self.torch
+        if self.auto and not self.cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.device, self.cuda = torch.device("cuda", torch.cuda.current_device()), True
+            return True
+        return False
 
     def sync(self) -> None:
         if self.cuda:
@@ -222,7 +232,7 @@ def throughput_sweep(
         bottleneck_growth: warn of a bottleneck when the time per step grew by more
             than this factor at every doubling (default 1.15).
         device: where ``step`` runs (default: the current CUDA device if CUDA is
-            initialised, else the CPU).
+            initialised, before the sweep or by the first warmup steps, else the CPU).
         study: a :class:`tunebook.Study` to record the result with, for its report.
 
     Returns:
@@ -313,6 +323,8 @@ def _measure(step: Callable[[int], Any], batch_size: int, dev: _Device, warmup: 
         dev.reset_peak()
         for _ in range(warmup):
             step(batch_size)
+        if dev.follow():
+            dev.reset_peak()
         dev.sync()
         times = []
         for _ in range(repeats):
