@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from tunebook.analysis import StudyAnalysis, analyze_study
 from tunebook.analysis._trials import trial_views
 from tunebook.report._figures import image_tag
+from tunebook.report._playbook import playbook_sections, playbook_warnings, records_of
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; margin: 0;
@@ -32,6 +33,9 @@ tr.failed td, tr.running td, tr.pending td { color: #888; }
 .warnings li { background: #fff0f0; border-left: 4px solid #b00020; padding: 6px 10px; margin: 6px 0; }
 .warnings code { background: #fde0e0; padding: 0 4px; border-radius: 3px; }
 .ok { background: #effaef; border-left: 4px solid #2e7d32; padding: 6px 10px; }
+.verdict, .verdict-bad { padding: 8px 12px; max-width: 900px; font-weight: 500; }
+.verdict { background: #eef4fb; border-left: 4px solid #1f77b4; }
+.verdict-bad { background: #fff4e0; border-left: 4px solid #e65100; }
 img { max-width: 100%; background: white; border: 1px solid #e5e5e5; margin: 8px 0; }
 .note { color: #555; font-size: 0.9em; max-width: 900px; }
 .scroll { max-height: 520px; overflow: auto; display: inline-block; max-width: 100%; }
@@ -125,17 +129,19 @@ def render_report(
         ("notes", summary.get("notes")),
         ("reproduce with", summary.get("command")),
     ]
+    records = records_of(study)  # the playbook procedures the study recorded
     parts = [
         f"<h1>{escape(title)}</h1>",
         f"<div class='sub'>written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by tunebook</div>",
         _kv_table([r for r in rows if r[1] not in (None, "")]),
         "<h2>Warnings</h2>",
-        _warnings_html(analysis.warnings),
+        _warnings_html(tuple(dict.fromkeys((*analysis.warnings, *playbook_warnings(records))))),
         extra_html,
     ]
     if best is not None:
         parts.append(_section("Best configuration", f"trial {best.index}",
                               _kv_table(list(best.params.items()))))
+    parts.append(playbook_sections(records, _warnings_html, dpi))
     parts.append(_section(
         "Hyperparameter axis plots",
         "The metric against each hyperparameter varied in the study; red x are infeasible trials "
@@ -237,7 +243,10 @@ def write_report(study: Any, out_path: str | Path | None = None, **options: Any)
 
     It holds the study table (name, metric, trials run and infeasible, best value,
     config, notes, reproduction command), every warning of
-    :func:`tunebook.analysis.analyze_study`, the best configuration, the axis plots,
+    :func:`tunebook.analysis.analyze_study`, the best configuration, a section for each
+    playbook procedure the study recorded (:func:`tunebook.playbook.record`: the
+    throughput sweep, max_train_steps, the instability checks, the warmup sweep, Round
+    2), the axis plots,
     an isolation plot per scientific hyperparameter, the best trials' training curves,
     the best-checkpoint step distribution, the gradient norms (when trials reported a
     ``grad_norm`` metric), the "have we sampled enough" box plots, and the table of

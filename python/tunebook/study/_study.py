@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from tunebook.study._schema import ensure_schema
 from tunebook.study._schema import metrics as metrics_table
+from tunebook.study._schema import study_attrs as attrs_table
 from tunebook.study._schema import studies as studies_table
 from tunebook.study._schema import trials as trials_table
 from tunebook._checks import as_integer, as_seed, as_text
@@ -552,6 +553,51 @@ class Study:
             "best_step": best.best_step if best else None,
             "command": self.command,
         }
+
+    # -------------------------------------------------------------- attributes
+    def set_attr(self, key: str, value: Any) -> None:
+        """Stores a JSON value under ``key`` with the study, replacing any earlier one.
+
+        What a study remembers besides its trials: the playbook's procedures record
+        their results here (``playbook.throughput_sweep``, ...) for the report. Any
+        worker can write; the last write of a key wins, other keys are untouched.
+
+        Args:
+            key: a non-empty string of at most 255 characters.
+            value: anything ``json.dumps`` accepts (numpy scalars and arrays too; NaN
+                and infinities are kept).
+
+        Raises:
+            ValueError: an empty or too long key.
+            TypeError: a value that is not JSON serialisable.
+        """
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise ValueError(f"key must be a non-empty string of at most 255 characters, got {key!r}")
+        try:
+            text = json.dumps(value, sort_keys=True, default=_json_default)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"the value of study attribute {key!r} must be JSON serialisable: {error}") from None
+
+        def write(connection: Connection) -> None:
+            where = (attrs_table.c.study_id == self._id) & (attrs_table.c.key == key)
+            connection.execute(attrs_table.delete().where(where))
+            connection.execute(attrs_table.insert().values(study_id=self._id, key=key, value_json=text,
+                                                           updated_at=time.time()))
+
+        run_transaction(self.engine, write, write=True, retry_integrity=True)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Every attribute stored with :meth:`set_attr`, by key (read from storage each time)."""
+
+        def read(connection: Connection) -> list[Any]:
+            return connection.execute(
+                sa.select(attrs_table.c.key, attrs_table.c.value_json)
+                .where(attrs_table.c.study_id == self._id)
+                .order_by(attrs_table.c.key)
+            ).all()
+
+        return {key: json.loads(text) for key, text in run_transaction(self.engine, read, write=False)}
 
     def __repr__(self) -> str:
         return f"Study({self.name!r}, storage={self._safe_storage()!r}, seed={self.seed}, max_trials={self.max_trials})"
