@@ -6,8 +6,11 @@ TUNEBOOK_HOST_EMULATION, which turns each kernel launch into a loop over blocks 
 tail length, an empty tensor, misaligned operands, more tensors than one launch's table),
 every (param, state) dtype pair, the rules and options, a skipped step and tensor learning
 rates, and compares params, states, steps and mu products bit for bit with a per-element
-loop over the same csrc/optim_math.h functions; the global sum of squares (three dtypes,
-two launches of one dtype, one partials workspace) is checked against float64. Device numerics are left to
+loop over the same csrc/optim_math.h functions. The global sum of squares (three dtypes, two
+launches of one dtype, one partials workspace, every 16-byte misalignment and tail length) is
+compared bit for bit, partial by partial, with its specification replayed element by
+element (which thread and FMA chain each element goes to, in which order: the header of
+csrc/cuda/grad_norm.cu), and with float64. Device numerics are left to
 tests/test_optim_cuda.py on a GPU.
 """
 

@@ -15,7 +15,7 @@ from study_helpers import StandInSpace
 from test_study import postgres_url
 
 from tunebook.search import SearchSpace
-from tunebook.study import Study, open_storage
+from tunebook.study import SCHEMA_VERSION, Study, open_storage
 from tunebook.study._seeds import trial_seed
 
 SPACE = {
@@ -228,7 +228,7 @@ def test_a_version_1_database_is_upgraded(tmp_path):
     assert study.rerun(0, n=2) == [3, 4]
     study.set_attr("upgraded", True)
     with sqlite3.connect(path) as connection:
-        assert connection.execute("select value from tunebook_meta").fetchone() == ("2",)
+        assert connection.execute("select value from tunebook_meta").fetchone() == (str(SCHEMA_VERSION),)
 
 
 def test_memory_storage_describes_itself():

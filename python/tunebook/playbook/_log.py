@@ -101,18 +101,18 @@ def log_row(study: Any, round: int = 1) -> LogRow:
 def tuning_log(storage: Any = None) -> list[LogRow]:
     """Every study of a storage as a round of the tuning log, oldest first.
 
-    The storage is opened read-only: nothing is created (a SQLite file that does not
-    exist holds no rounds).
+    Reading creates nothing: a SQLite file that does not exist, or a database without
+    tunebook's tables, holds no rounds.
 
     Args:
         storage: a storage URL or :class:`~tunebook.study.StudyStorage` (default
             :func:`~tunebook.study.default_storage`).
     """
-    from tunebook.study import Study, open_storage
+    from tunebook.study import Study
+    from tunebook.study._study import storage_to_read
 
-    try:
-        store = open_storage(storage, read_only=True)
-    except LookupError:
+    store = storage_to_read(storage)
+    if store is None:
         return []
     return [log_row(Study(row.name, storage=store), i) for i, row in enumerate(store.list_studies(), start=1)]
 

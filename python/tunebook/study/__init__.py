@@ -27,6 +27,7 @@ from tunebook.study._schema import SCHEMA_VERSION, SchemaVersionError
 from tunebook.study._storage import default_storage, open_storage
 from tunebook.study._study import Study, list_studies
 from tunebook.study._trial import STATES, Trial, TrialRecord
+from tunebook.study._url import StorageError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -37,6 +38,7 @@ __all__ = [
     "ReadOnlyStorageError",
     "Roles",
     "SchemaVersionError",
+    "StorageError",
     "Study",
     "StudyExistsError",
     "StudyStorage",

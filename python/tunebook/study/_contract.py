@@ -54,6 +54,11 @@ histories come as NumPy arrays per trial. Reads never write.
 
 **Read-only storages** (``read_only=True``) never create a database file, a table or
 a lock file; every write method raises :class:`ReadOnlyStorageError`.
+
+**Errors.** A storage that cannot be opened or read (unreachable server, a file that is
+not a database, a directory that cannot be written) raises
+:class:`~tunebook.study.StorageError`, whose message names the storage (never its
+password) and the fix.
 """
 
 from __future__ import annotations

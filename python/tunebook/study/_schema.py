@@ -5,9 +5,9 @@ missing, refuses a database written by a newer tunebook, and runs the migrations
 :data:`MIGRATIONS` (version ``v`` to ``v + 1``) on an older one, in one transaction.
 A read-only open (:func:`check_schema`) creates and migrates nothing.
 
-Versions: 1, the first; 2 adds study attributes (``tunebook_study_attrs``), the round's
-goal, roles and conclusion and the exploitation settings (``tunebook_studies``), and
-each trial's kind, Halton point, parent and training seed (``tunebook_trials``).
+Versions: 1, the first; 2 adds study attributes (``tunebook_study_attrs``); 3 adds the
+round's goal, roles and conclusion and the exploitation settings (``tunebook_studies``),
+and each trial's kind, Halton point, parent and training seed (``tunebook_trials``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tunebook.study._storage import run_transaction
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -45,7 +45,7 @@ studies = sa.Table(
     sa.Column("notes", sa.Text, nullable=False, default=""),
     sa.Column("command", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
-    # Version 2: the round of the tuning log, and the exploitation phase.
+    # Version 3: the round of the tuning log, and the exploitation phase.
     sa.Column("goal", sa.Text, nullable=True),
     sa.Column("roles_json", sa.Text, nullable=True),
     sa.Column("conclusion", sa.Text, nullable=True),
@@ -73,7 +73,7 @@ trials = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("best_step", sa.BigInteger, nullable=True),
     sa.Column("best_value", sa.Float, nullable=True),
-    # Version 2. kind: quasirandom | replicate | exploit. point: the Halton index of a
+    # Version 3. kind: quasirandom | replicate | exploit. point: the Halton index of a
     # quasi-random trial (else NULL). parent: the trial a replicate repeats. seed: the
     # training seed handed to the worker.
     sa.Column("kind", sa.String(16), nullable=False, server_default="quasirandom"),
@@ -97,7 +97,7 @@ metrics = sa.Table(
 
 # A study's named JSON values (Study.set_attr / Study.attrs): what the playbook's
 # procedures record for the report. One row per key, so writers of different keys never
-# overwrite each other.
+# overwrite each other. Added in schema version 2.
 study_attrs = sa.Table(
     "tunebook_study_attrs",
     metadata,
@@ -108,37 +108,51 @@ study_attrs = sa.Table(
 )
 
 
-def _v1_to_v2(connection: Connection) -> None:
+def _add_study_attrs(connection: Connection) -> None:
+    study_attrs.create(connection, checkfirst=True)
+
+
+def _add_trial_kinds(connection: Connection) -> None:
     from tunebook.study._seeds import trial_seed
 
-    study_attrs.create(connection, checkfirst=True)
+    # Idempotent: a database that already has some of the columns (an interrupted or
+    # hand-made upgrade) gains only the missing ones.
+    inspector = sa.inspect(connection)
     for table, columns in ((studies, ("goal", "roles_json", "conclusion", "adopted_trial", "concluded_at",
                                       "exploit_json")),
                            (trials, ("kind", "point", "parent", "seed"))):
+        present = {column["name"] for column in inspector.get_columns(table.name)}
         for name in columns:
-            column = table.c[name]
-            ddl = f"ALTER TABLE {table.name} ADD COLUMN {name} {column.type.compile(connection.dialect)}"
+            if name in present:
+                continue
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {name} {table.c[name].type.compile(connection.dialect)}"
             if name == "kind":
                 ddl += " NOT NULL DEFAULT 'quasirandom'"
             connection.exec_driver_sql(ddl)
-    # Every version-1 trial is quasi-random: trial i is Halton point i, with the seed a
-    # version-2 study would have given it.
-    connection.execute(trials.update().values(point=trials.c.trial_index))
+    # Every earlier trial is quasi-random: trial i is Halton point i, with the seed a
+    # version-3 study would have given it.
+    connection.execute(trials.update().where(trials.c.point.is_(None) & (trials.c.kind == "quasirandom"))
+                       .values(point=trials.c.trial_index))
     rows = connection.execute(
-        sa.select(trials.c.id, trials.c.trial_index, studies.c.seed).join(studies, studies.c.id == trials.c.study_id)
+        sa.select(trials.c.id, trials.c.trial_index, studies.c.seed)
+        .join(studies, studies.c.id == trials.c.study_id)
+        .where(trials.c.seed.is_(None) & (trials.c.kind == "quasirandom"))
     ).all()
     if rows:
         connection.execute(
             trials.update().where(trials.c.id == sa.bindparam("b_id")).values(seed=sa.bindparam("b_seed")),
             [{"b_id": row.id, "b_seed": trial_seed(int(row.seed), "quasirandom", row.trial_index)} for row in rows],
         )
-    connection.exec_driver_sql(
-        "CREATE UNIQUE INDEX tunebook_trials_study_point ON tunebook_trials (study_id, point)"
-    )
+    indexes = {index["name"] for index in inspector.get_indexes(trials.name)}
+    indexes |= {constraint["name"] for constraint in inspector.get_unique_constraints(trials.name)}
+    if "tunebook_trials_study_point" not in indexes:
+        connection.exec_driver_sql(
+            "CREATE UNIQUE INDEX tunebook_trials_study_point ON tunebook_trials (study_id, point)"
+        )
 
 
 #: Migrations: MIGRATIONS[v] upgrades a version-v database to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_study_attrs, 2: _add_trial_kinds}
 
 
 class SchemaVersionError(RuntimeError):

@@ -41,6 +41,7 @@ from tunebook.study._schema import studies as studies_table
 from tunebook.study._schema import study_attrs as attrs_table
 from tunebook.study._schema import trials as trials_table
 from tunebook.study._storage import get_engine, run_transaction
+from tunebook.study._url import StorageError, display, error_message
 
 # ---------------------------------------------------------------------- the claim (SQLite)
 _CLAIMED_COLUMNS = (trials_table.c.id, trials_table.c.trial_index, trials_table.c.params_json, trials_table.c.claim,
@@ -305,16 +306,25 @@ class SQLStorage(StudyStorage):
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
         self.read_only = read_only
-        self.engine = get_engine(url, read_only=read_only)
+        self.engine = self._guard(lambda: get_engine(url, read_only=read_only))
         self.dialect = self.engine.dialect.name
         # A read-only open of a database without tunebook's tables holds no studies.
-        self._has_tables = check_schema(self.engine) if read_only else (ensure_schema(self.engine) or True)
+        self._has_tables = self._guard(
+            lambda: check_schema(self.engine) if read_only else (ensure_schema(self.engine) or True))
 
     def describe(self) -> str:
+        return display(self.url)
+
+    def _guard(self, call: Callable[[], Any]) -> Any:
+        """Runs ``call``; a database or file error becomes a :class:`StorageError` naming
+        the storage (never its password) and the fix. Integrity errors pass: callers
+        decide what a lost race means."""
         try:
-            return sa.make_url(self.url).render_as_string(hide_password=True)
-        except Exception:  # noqa: BLE001 - never leak the URL because it failed to parse
-            return "<storage>"
+            return call()
+        except sa.exc.IntegrityError:
+            raise
+        except (sa.exc.DBAPIError, OSError) as error:
+            raise StorageError(error_message(self.url, error)) from error
 
     def __repr__(self) -> str:
         return f"SQLStorage({self.describe()!r}{', read_only=True' if self.read_only else ''})"
@@ -322,10 +332,18 @@ class SQLStorage(StudyStorage):
     def _write(self, work: Callable[[Connection], Any], *, retry_integrity: bool = False) -> Any:
         if self.read_only:
             raise ReadOnlyStorageError(f"{self.describe()} was opened read-only")
-        return run_transaction(self.engine, work, write=True, retry_integrity=retry_integrity)
+        try:
+            return run_transaction(self.engine, work, write=True, retry_integrity=retry_integrity)
+        except sa.exc.IntegrityError:
+            raise
+        except (sa.exc.DBAPIError, OSError) as error:
+            raise StorageError(error_message(self.url, error)) from error
 
     def _read(self, work: Callable[[Connection], Any]) -> Any:
-        return run_transaction(self.engine, work, write=False)
+        try:
+            return run_transaction(self.engine, work, write=False)
+        except (sa.exc.DBAPIError, OSError) as error:
+            raise StorageError(error_message(self.url, error)) from error
 
     # ------------------------------------------------------------------ studies
     def create_study(self, fields: Mapping[str, Any]) -> StudyRow:

@@ -30,6 +30,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
+from tunebook.study._url import parse as parse_storage
+from tunebook.study._url import sqlite_file
+
 if TYPE_CHECKING:
     from tunebook.study._contract import StudyStorage
 
@@ -73,18 +76,6 @@ class _WriterQueue:
 def default_storage() -> str:
     """``$TUNEBOOK_STORAGE``, else a ``tunebook.db`` SQLite file in the current directory."""
     return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-
-
-def sqlite_path(storage: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL (None for an in-memory database or
-    another backend)."""
-    try:
-        url = sa.make_url(storage)
-    except sa.exc.ArgumentError:
-        return None
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database).expanduser()
 
 
 def _sqlite_engine(url: sa.URL, read_only: bool) -> Engine:
@@ -140,37 +131,34 @@ def _postgres_driver(url: sa.URL) -> sa.URL:
         except ImportError:
             continue
         return url.set(drivername=driver)
-    raise ImportError("PostgreSQL storage needs a driver: pip install 'tunebook[postgres]' (psycopg2-binary)")
+    raise ImportError('PostgreSQL storage needs a driver: pip install "tunebook[postgres]" (psycopg2-binary)')
 
 
 def get_engine(storage: str, *, read_only: bool = False) -> Engine:
     """The process's engine for a storage URL (created once, re-created after fork).
 
     Raises:
-        ValueError: not a SQLite or PostgreSQL URL.
+        ValueError: a malformed URL, or not SQLite or PostgreSQL (naming the fix).
         LookupError: ``read_only`` and the SQLite file does not exist.
     """
-    key = (storage, True) if read_only else storage
+    url = parse_storage(storage)  # ValueError naming the fix for a malformed URL
+    path = sqlite_file(url)
+    if path is not None:
+        # One engine per file, whatever the current directory was when it was named
+        # (SQLite resolves a relative path at each connect; "~" it does not expand).
+        url = url.set(database=str(path.absolute()))
+    key = (url.render_as_string(hide_password=False), read_only)
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            try:
-                url = sa.make_url(storage)
-            except sa.exc.ArgumentError:
-                raise ValueError(
-                    f"storage must be a database URL such as 'sqlite:///tunebook.db' or "
-                    f"'postgresql://user:password@host:5432/db', got {storage!r}"
-                ) from None
             if url.get_backend_name() == "sqlite":
                 engine = _sqlite_engine(url, read_only)
-            elif url.get_backend_name() == "postgresql":
+            else:
                 # No pre-ping (a round trip per transaction): run_transaction retries on a
                 # connection found dead instead.
                 engine = sa.create_engine(_postgres_driver(url), pool_size=4, max_overflow=4)
                 if read_only:
                     engine = engine.execution_options(postgresql_readonly=True)
-            else:
-                raise ValueError(f"storage must be a SQLite or PostgreSQL URL, got {url.get_backend_name()!r}")
             _engines[key] = engine
         return engine
 

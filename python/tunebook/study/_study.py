@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tunebook._checks import as_integer, as_seed, as_text
 from tunebook.study._contract import (
     ClaimedTrial,
     NewTrial,
@@ -34,6 +35,8 @@ from tunebook.study._roles import Roles, check_roles
 from tunebook.study._round import TuningRound
 from tunebook.study._seeds import trial_seed
 from tunebook.study._storage import default_storage, open_storage
+from tunebook.study._url import has_studies
+from tunebook.study._url import normalize as normalize_storage
 from tunebook.study._trial import Trial, TrialRecord
 
 
@@ -98,7 +101,8 @@ class Study(TuningRound):
             ``sqlite:///tunebook.db``), ``postgresql://user:password@host:port/db`` for
             many machines, or ``memory://name`` for one process; or a
             :class:`~tunebook.study.StudyStorage`.
-        seed: the Halton scrambling seed (default 0 for a new study; checked on reopen).
+        seed: the Halton scrambling seed, an integer in ``[0, 2**63)`` (default 0 for
+            a new study; checked on reopen).
         max_trials: how many quasi-random trials the study runs; None for no limit.
             Given when reopening, it replaces the stored limit (to extend a study).
         metric: the metric whose best value ranks trials (default "valid_loss").
@@ -122,7 +126,9 @@ class Study(TuningRound):
     Raises:
         LookupError: the study does not exist and no space was given.
         ValueError: reopening with a different space, seed, metric, mode or roles;
-            roles that disagree with the space.
+            roles that disagree with the space; a malformed storage URL, or an
+            out-of-range seed.
+        StorageError: the storage cannot be opened (the message names it and the fix).
 
     Example:
         >>> study = Study("lr-wd", space, storage="sqlite:///runs/studies.db", max_trials=64)
@@ -154,21 +160,30 @@ class Study(TuningRound):
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        if mode is not None and mode not in ("min", "max"):
+        as_text("name", name, limit=255)
+        if mode is not None and not (isinstance(mode, str) and mode in ("min", "max")):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 0):
-            raise ValueError(f"{max_trials=} must be a non-negative integer or None")
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"{seed=} must be a non-negative integer")
+        if max_trials is not None:
+            max_trials = as_integer("max_trials", max_trials)
+            if not 0 <= max_trials < 2**31:
+                raise ValueError(f"{max_trials=} must be a non-negative integer below 2**31, or None")
+        if metric is not None:
+            as_text("metric", metric, limit=255, empty=False)
+        for label, text in (("config_path", config_path), ("notes", notes), ("command", command)):
+            if text is not None:
+                as_text(label, text)
+        if seed is not None:
+            seed = as_seed(seed)  # stored as a signed 64-bit integer
         if space is not None and not (hasattr(space, "sample") and hasattr(space, "to_dict")):
             raise ValueError("space must be a SearchSpace (with sample() and to_dict()), got " + type(space).__name__)
         self.name = name
-        self._storage = open_storage(storage, read_only=read_only)
         #: The storage URL (as given: it may hold a password).
         if isinstance(storage, StudyStorage):
             self.storage = getattr(storage, "url", storage.describe())
         else:
-            self.storage = storage or default_storage()
+            self.storage = normalize_storage(storage or default_storage())
+        self._storage = open_storage(storage if isinstance(storage, StudyStorage) else self.storage,
+                                     read_only=read_only)
         space_json = _dumps(space.to_dict()) if space is not None else None
         declares = any(v is not None for v in (goal, scientific, nuisance, fixed))
         roles = check_roles(space, goal, scientific, nuisance, fixed) if declares and space is not None else None
@@ -532,10 +547,22 @@ class _HistoryCache:
 def list_studies(storage: str | StudyStorage | None = None) -> list[dict[str, Any]]:
     """The study table of a storage: :meth:`Study.summary` of every study, oldest first.
 
-    Opens the storage read-only: a SQLite file that does not exist holds no studies and
-    is not created."""
-    try:
-        store = open_storage(storage, read_only=True)
-    except LookupError:
+    Reading creates nothing: a SQLite file that does not exist, or a database without
+    tunebook's tables, holds no studies. (A database of an older tunebook is upgraded in
+    place, as any open of it for writing would.)"""
+    store = storage_to_read(storage)
+    if store is None:
         return []
     return [Study(row.name, storage=store).summary() for row in store.list_studies()]
+
+
+def storage_to_read(storage: str | StudyStorage | None) -> StudyStorage | None:
+    """The storage that commands which only read open: None when it holds no studies
+    (a missing SQLite file, a database without tunebook's tables), which they then
+    leave uncreated. A database of an older tunebook is upgraded in place."""
+    if isinstance(storage, StudyStorage):
+        return storage
+    storage = normalize_storage(storage or default_storage())
+    if not storage.startswith("memory:") and not has_studies(storage):
+        return None
+    return open_storage(storage)
