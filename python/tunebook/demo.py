@@ -87,8 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--reruns", type=int, default=3,
                         help="reruns of each optimizer's best trial for the closing decision (default 3; 0: none)")
-    parser.add_argument("--max-reruns", type=int, default=10,
-                        help="when the verdict asks for more reruns, run up to this many once (default 10)")
+    parser.add_argument("--max-reruns", type=int, default=15,
+                        help="when the verdict asks for more reruns, run up to this many once (default 15)")
     args = parser.parse_args(argv)
     # Every argument is checked here, before the study is touched: a bad one must not
     # burn a trial, nor become the study's "reproduce with" command.
