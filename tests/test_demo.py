@@ -16,7 +16,8 @@ pytest.importorskip("matplotlib")
 from tunebook import demo  # noqa: E402
 from tunebook.study import Study, list_studies  # noqa: E402
 
-TINY = ["--steps", "40", "--eval-every", "10", "--check-steps", "30", "--no-progress"]
+TINY = ["--steps", "40", "--eval-every", "10", "--check-steps", "30", "--no-progress", "--reruns", "2",
+        "--max-reruns", "3"]
 
 
 def test_demo_runs_resumes_and_starts_anew(tmp_path, capsys):
@@ -54,7 +55,18 @@ def test_demo_runs_resumes_and_starts_anew(tmp_path, capsys):
     assert check.evaluations == 31 and check.factor == 2.0
     best = study.best_trial()
     assert check.best_learning_rate == best.params["learning_rate"]
-    records = study.trials()
+    # The closing decision: each optimizer's best trial rerun, compared, concluded.
+    assert "Decision (the playbook" in text and ("verdict: " in text or "no decision: " in text)
+    assert study.conclusion is not None and study.summary()["goal"].startswith("Which optimizer")
+    assert study.roles.scientific == ("optimizer",)
+    all_records = study.trials()
+    replicates = [r for r in all_records if r.kind == "replicate"]
+    if "verdict: " in text:
+        assert "both trial variances" in text and "study variance" in text
+        assert len({r.parent for r in replicates}) == 2 and len(replicates) >= 4
+        assert all(r.state in ("complete", "infeasible") for r in replicates)
+    assert "The tuning log" in html
+    records = [r for r in all_records if r.kind == "quasirandom"]
     assert len(records) == 4 and all(r.state in ("complete", "infeasible") for r in records)
     assert {r.params["optimizer"] for r in records} == {"nesterov", "adam"}
     complete = [r for r in records if r.state == "complete"]
@@ -68,7 +80,7 @@ def test_demo_runs_resumes_and_starts_anew(tmp_path, capsys):
     assert demo.main(["--out", str(out), *TINY]) == 0
     text = capsys.readouterr().out
     assert "study 'digits-mlp'" in text and "resuming" in text
-    assert len(Study("digits-mlp", storage=storage).trials()) == 6
+    assert sum(r.kind == "quasirandom" for r in Study("digits-mlp", storage=storage).trials()) == 6
     assert f"batch size: {batch_size}" in text  # a resumed study keeps its batch size
     Study("digits-mlp", storage=storage, max_trials=7)
     other = 32 if batch_size != 32 else 64
@@ -97,3 +109,9 @@ def test_demo_rejects_bad_arguments(capsys):
         with pytest.raises(SystemExit):
             demo.main([flag, "0"])
         assert f"{flag}=0 must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main(["--reruns", "1"])
+    assert "--reruns=1 must be 0 (no decision) or >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main(["--reruns", "4", "--max-reruns", "3"])
+    assert "--max-reruns=3 must be >= --reruns=4" in capsys.readouterr().err

@@ -42,8 +42,10 @@ def postgres_url() -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def storage(request, tmp_path):
+    if request.param == "memory":
+        return f"memory://{uuid.uuid4().hex}"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/studies.db"
     return postgres_url()
@@ -201,30 +203,38 @@ def _spawn(storage: str, name: str, mode: str, start_at: float, lease: float) ->
 
 @pytest.mark.slow
 def test_eight_workers_claim_each_trial_once_and_reclaim_a_killed_ones(storage, name):
-    n = 48
+    if storage.startswith("memory:"):
+        pytest.skip("an in-memory storage lives in one process")
+    n, n_replicates = 48, 6
     study = Study(name, StandInSpace(), storage=storage, max_trials=n)
     victim = _spawn(storage, name, "hang", time.time(), 1.0)
     victim_line = victim.stdout.readline().split()
     assert victim_line[0] == "claimed"
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    victim_index = int(victim_line[1])
+    # Replicates of the killed worker's trial wait in the study: the workers claim them
+    # like any trial, each exactly once.
+    replicates = study.rerun(victim_index, n=n_replicates)
     start_at = time.time() + 2.0
     workers = [_spawn(storage, name, "drain", start_at, 30.0) for _ in range(8)]
     outputs = [w.communicate(timeout=120)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers)
     claims = [tuple(map(int, line.split()[1:])) for out in outputs for line in out.splitlines()]
-    victim_index = int(victim_line[1])
     counts = Counter(index for index, _ in claims)
-    assert sorted(counts) == list(range(n)), "no trial is lost"
+    assert sorted(counts) == list(range(n + n_replicates)), "no trial is lost, replicates included"
     assert all(c == 1 for c in counts.values()), "each trial is given to one live worker"
     assert dict(claims)[victim_index] == 2, "the killed worker's trial was reclaimed as attempt 2"
     records = study.trials()
-    assert [r.index for r in records] == list(range(n))
+    assert [r.index for r in records] == list(range(n + n_replicates))
     assert all(r.state == "complete" for r in records)
     for r in records:
         assert r.best_step == 2 and r.best_value == pytest.approx(r.params["lr"])
     assert records[victim_index].attempts == 2
-    assert sum(len(out.splitlines()) for out in outputs) == n
+    assert [r.index for r in records if r.kind == "replicate"] == replicates
+    assert len({r.seed for r in records}) == n + n_replicates, "every trial, replicates included, has its own seed"
+    assert sorted(r.point for r in records if r.kind == "quasirandom") == list(range(n))
+    assert sum(len(out.splitlines()) for out in outputs) == n + n_replicates
 
 
 def test_schema_version_is_checked_and_migrated(tmp_path, monkeypatch):
@@ -333,4 +343,4 @@ def test_a_version_1_database_gains_the_attribute_table(tmp_path, monkeypatch):
     study.set_attr("k", [1, 2])
     assert Study("s", storage=storage).attrs == {"k": [1, 2]}
     with engine.begin() as connection:
-        assert connection.execute(sa.text("select value from tunebook_meta")).scalar() == "2"
+        assert connection.execute(sa.text("select value from tunebook_meta")).scalar() == str(_schema.SCHEMA_VERSION)

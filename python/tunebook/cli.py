@@ -5,6 +5,8 @@ export, and reports.
     tunebook study show NAME [--storage URL] [--sort index|best] [--limit N]
     tunebook study export NAME --csv FILE [--history] [--storage URL]
     tunebook report STUDY [--storage URL] [--out FILE]
+    tunebook compare BASELINE[:TRIAL] CANDIDATE[:TRIAL] [--storage URL] [--confidence C]
+    tunebook log [--storage URL] [--markdown | --csv FILE]
     tunebook --version
 
 The storage is ``--storage URL``, else ``$TUNEBOOK_STORAGE``, else ``./tunebook.db`` (the
@@ -281,10 +283,19 @@ def _show(args: argparse.Namespace) -> int:
         records = records[: args.limit]
     params = _param_names(records)
     headers = ["trial", "state", f"best {study.metric}", "step", *params, "reason"]
-    rows = [[r.index, r.state, r.best_value, r.best_step, *(r.params.get(p) for p in params), r.reason] for r in records]
+    rows = [[r.index, _state(r), r.best_value, r.best_step, *(r.params.get(p) for p in params), r.reason]
+            for r in records]
     print()
     _table(headers, rows, sys.stdout)
     return 0
+
+
+def _state(record: Any) -> str:
+    """A trial's state, with its kind when it is not a quasi-random trial."""
+    kind = getattr(record, "kind", "quasirandom")
+    if kind == "replicate":
+        return f"{record.state} (rerun of {record.parent})"
+    return f"{record.state} (exploit)" if kind == "exploit" else record.state
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -302,14 +313,16 @@ def _export(args: argparse.Namespace) -> int:
         else:
             params = _param_names(records)
             writer.writerow(
-                ["trial", "state", "best_value", "best_step", *params, "attempts", "worker", "reason"]
+                ["trial", "state", "best_value", "best_step", *params, "attempts", "worker", "reason", "kind",
+                 "parent", "seed"]
             )
             for r in records:
                 best = "" if r.best_value is None else repr(r.best_value)
                 step = "" if r.best_step is None else r.best_step
                 writer.writerow(
                     [r.index, r.state, best, step, *(r.params.get(p, "") for p in params),
-                     r.attempts, r.worker or "", r.reason or ""]
+                     r.attempts, r.worker or "", r.reason or "", r.kind, "" if r.parent is None else r.parent,
+                     "" if r.seed is None else r.seed]
                 )
     if args.csv != "-":
         print(f"wrote {len(records)} trials of {study.name!r} to {args.csv}", file=sys.stderr)
@@ -334,6 +347,52 @@ def _report(args: argparse.Namespace) -> int:
         out = prepare_output(default_report_path(study.name), "the report (choose a path with --out)")
     path = write_report(study, out)
     print(f"wrote {path}")
+    return 0
+
+
+def _study_and_trial(args: argparse.Namespace, text: str) -> Any:
+    """``NAME`` (the study's best trial) or ``NAME:TRIAL`` (a study name may hold ':')."""
+    name, _, index = text.rpartition(":")
+    if name and index.isdigit():
+        return load_study(args, name), int(index)
+    return load_study(args, text)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tunebook.playbook import compare
+
+    result = compare(_study_and_trial(args, args.baseline), _study_and_trial(args, args.candidate),
+                     confidence=args.confidence, min_replicates=args.min_replicates)
+    print(result.message)
+    for warning in result.warnings:
+        print(f"  ! {warning.message}")
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    from tunebook.playbook._log import LOG_COLUMNS, log_cells, to_markdown, tuning_log, write_csv
+
+    from tunebook.study._url import display
+
+    try:
+        storage = resolve_storage(args)
+    except NoStorage as error:
+        if args.csv or args.markdown:
+            raise
+        print(f"no studies: {error}")
+        return 0
+    rows = tuning_log(storage)
+    if args.csv:
+        with _open_csv(args.csv) as file:
+            write_csv(rows, file)
+        return 0
+    if args.markdown:
+        sys.stdout.write(to_markdown(rows))
+        return 0
+    if not rows:
+        print(f"no studies in {display(storage)}")
+        return 0
+    _table([label for _, label in LOG_COLUMNS], [log_cells(row) for row in rows], sys.stdout)
     return 0
 
 
@@ -389,6 +448,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage_option(report)
     report.add_argument("--out", default=None, metavar="FILE", help="output path (default: ./<study>-report.html)")
     report.set_defaults(run=_report)
+
+    compare = commands.add_parser(
+        "compare", help="adopt a change? compare two trials with their replicates (the playbook's rule)",
+        description="Compares two trials, each with its replicates (Study.rerun): the difference of the best "
+                    "metric, its uncertainty from both trial variances, and a verdict: adopt, no detectable "
+                    "difference, worse, or too few replicates (rerun with n=... to decide).")
+    compare.add_argument("baseline", help="STUDY (its best trial) or STUDY:TRIAL")
+    compare.add_argument("candidate", help="STUDY (its best trial) or STUDY:TRIAL")
+    add_storage_option(compare)
+    compare.add_argument("--confidence", type=float, default=0.9, help="interval level (default 0.9)")
+    compare.add_argument("--min-replicates", type=int, default=3, help="fewer replicates: too few (default 3)")
+    compare.set_defaults(run=_compare)
+
+    log = commands.add_parser("log", help="the tuning log: one row per round (study), in order")
+    add_storage_option(log)
+    formats = log.add_mutually_exclusive_group()
+    formats.add_argument("--markdown", action="store_true", help="write the table as Markdown")
+    formats.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV ('-' for stdout)")
+    log.set_defaults(run=_log)
     return parser
 
 

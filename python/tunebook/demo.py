@@ -18,11 +18,19 @@ The study follows the playbook's opening moves (:mod:`tunebook.playbook`):
 3. **Instability** ("Identifying unstable workloads"): a short run at twice the best
    learning rate of the winning optimizer, evaluating the training loss every step
    (early instability), and the training curves just above the best learning rate.
+4. **The decision** ("Determining whether to adopt a training pipeline change"): the
+   study is a round of the incremental tuning loop, with a declared goal and scientific
+   (the optimizer), nuisance and fixed hyperparameters. Each optimizer's best trial is
+   rerun ``--reruns`` times with other seeds (:meth:`tunebook.Study.rerun`; more, up to
+   ``--max-reruns``, when the verdict asks for them), :func:`tunebook.playbook.compare`
+   weighs the two against both trial variances, the verdict is printed beside the trial
+   and study variances, and :meth:`tunebook.Study.conclude` records it (``tunebook
+   log`` shows the round).
 
 Each result is recorded with the study. At the end: the HTML report (a section per
 procedure) and a printed summary (the batch size, the best configuration of each
-optimizer, whether the comparison is fair, a suggested clipping threshold, and the
-instability verdicts).
+optimizer, whether the comparison is fair, a suggested clipping threshold, the
+instability verdicts, and the decision).
 
 Run ``python -m tunebook.demo --help`` for the options. Running it again resumes an
 unfinished study, or starts the next one (``digits-mlp-2``, ...) when it is finished.
@@ -77,6 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch threads (default 1: the MLP is too small to gain from more)")
     parser.add_argument("--seed", type=int, default=0, help="Halton seed of a new study")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--reruns", type=int, default=3,
+                        help="reruns of each optimizer's best trial for the closing decision (default 3; 0: none)")
+    parser.add_argument("--max-reruns", type=int, default=15,
+                        help="when the verdict asks for more reruns, run up to this many once (default 15)")
     args = parser.parse_args(argv)
     # Every argument is checked here, before the study is touched: a bad one must not
     # burn a trial, nor become the study's "reproduce with" command.
@@ -84,6 +96,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}={value} must be >= 1")
+    if args.reruns == 1 or args.reruns < 0:
+        parser.error(f"--reruns={args.reruns} must be 0 (no decision) or >= 2 (a variance needs two reruns)")
+    if args.max_reruns < args.reruns:
+        parser.error(f"--max-reruns={args.max_reruns} must be >= --reruns={args.reruns}")
     if args.eval_every > args.steps:
         parser.error(f"--eval-every={args.eval_every} must be <= --steps={args.steps}")
     if not (math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0):
@@ -187,14 +203,16 @@ def run_trial(trial: Any, data: dict[str, Any], args: argparse.Namespace, run_di
     from tunebook.schedules import DeviceSchedule, cosine_decay_schedule, linear_warmup
 
     config = trial.params
-    model = make_model(seed=1000 + trial.index)
+    # The trial's seed (stable, derived from the study seed) sets the initial weights and
+    # the batch order: a rerun of the trial differs only in it.
+    model = make_model(seed=trial.seed)
     optimizer = make_optimizer(model.parameters(), config, args.max_grad_norm)
     warmup = int(round(config["warmup_fraction"] * args.steps))
     schedule = linear_warmup(cosine_decay_schedule(config["learning_rate"], args.steps - warmup), warmup)
     lr_driver = DeviceSchedule(optimizer, schedule, total_steps=args.steps)
     keeper = CheckpointKeeper(run_dir / f"trial-{trial.index:04d}", keep=2, metric="valid_loss", fsync=False)
     x_train, y_train = data["train"]
-    generator = torch.Generator().manual_seed(trial.index)
+    generator = torch.Generator().manual_seed(trial.seed)
     order = torch.randperm(len(y_train), generator=generator)
     cursor = 0
     start_loss, _ = evaluate(model, data["valid"])
@@ -304,13 +322,13 @@ def check_early_instability(study: Any, data: dict[str, Any], args: argparse.Nam
     config = dict(best.params)
 
     def train(lr: float, steps: int, eval_every: int, report: Any) -> None:
-        model = make_model(seed=1000 + best.index)
+        model = make_model(seed=best.seed)  # the best trial's own initial weights and batch order
         optimizer = make_optimizer(model.parameters(), {**config, "learning_rate": lr}, args.max_grad_norm)
         warmup = int(round(config["warmup_fraction"] * args.steps))
         schedule = linear_warmup(cosine_decay_schedule(lr, args.steps - warmup), warmup)
         lr_driver = DeviceSchedule(optimizer, schedule, total_steps=args.steps)
         x_train, y_train = data["train"]
-        generator = torch.Generator().manual_seed(best.index)
+        generator = torch.Generator().manual_seed(best.seed)
         report(0, evaluate(model, data["train"])[0])
         for step in range(1, steps + 1):
             index = torch.randperm(len(y_train), generator=generator)[:args.batch_size]
@@ -351,7 +369,9 @@ def open_study(args: argparse.Namespace, storage: str) -> Any:
         study = Study(numbered(k - 1), storage=storage)
         records = study.trials()
         size = args.trials if args.trials is not None else study.max_trials
-        if len(records) < (size or 0) or any(r.state in ("running", "pending") for r in records):
+        searched = sum(r.kind == "quasirandom" for r in records)
+        unfinished = any(r.state in ("running", "pending") for r in records)
+        if searched < (size or 0) or unfinished or (args.reruns and study.conclusion is None):
             if size != study.max_trials:  # a new --trials resizes the study it resumes
                 study = Study(study.name, storage=storage, max_trials=size)
             return study, True
@@ -361,7 +381,8 @@ def open_study(args: argparse.Namespace, storage: str) -> Any:
                   metric="valid_loss", mode="min", config_path="tunebook/demo.py (SPACE)",
                   notes="Nesterov momentum vs Adam on sklearn digits, MLP 64-128-128-10; nuisance: "
                         "learning rate, momentum/beta1, warmup fraction",
-                  command=command)
+                  command=command, goal="Which optimizer is better for this MLP: Nesterov momentum or Adam?",
+                  scientific=["optimizer"], fixed={"steps": args.steps, "max_grad_norm": args.max_grad_norm})
     return study, False
 
 
@@ -390,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     moment = time.perf_counter()
     print(f"batch size: {args.batch_size}")
 
-    done = sum(r.state in ("complete", "infeasible", "failed") for r in study.trials())
+    done = sum(r.state in ("complete", "infeasible", "failed") for r in study.trials() if r.kind == "quasirandom")
     bar = tqdm(total=study.max_trials, initial=done, unit="trial", disable=args.no_progress,
                dynamic_ncols=True, file=sys.stdout)
     best: dict[str, float] = {}
@@ -413,8 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # no feasible trial: there is no best learning rate
         print(f"instability above the best learning rate: not judged ({error})")
     check_seconds = time.perf_counter() - moment
+    moment = time.perf_counter()
+    decision = decide(study, data, args, run_dir) if args.reruns else ""
+    decision_seconds = time.perf_counter() - moment
 
-    summary = summarize(study, args, run_dir)
+    summary = summarize(study, args, run_dir) + decision
     from tunebook.report import write_report
 
     report_path = write_report(study, out / f"{study.name}-report.html", scientific=["optimizer"],
@@ -422,9 +446,71 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     print(f"\nreport: {report_path.resolve()}")
     print(f"study table: tunebook studies --storage {storage}")
+    print(f"tuning log:  tunebook log --storage {storage}")
     print(f"time: {time.perf_counter() - started:.0f} s (throughput sweep {sweep_seconds:.1f} s, study "
-          f"{train_seconds:.0f} s, instability checks {check_seconds:.1f} s)")
+          f"{train_seconds:.0f} s, instability checks {check_seconds:.1f} s, decision {decision_seconds:.0f} s)")
     return 0
+
+
+def decide(study: Any, data: dict[str, Any], args: argparse.Namespace, run_dir: Path) -> str:
+    """The round's decision: rerun each optimizer's best trial ``--reruns`` times with
+    other seeds, compare them against both trial variances, record the conclusion.
+
+    Nesterov is the baseline (the simpler optimizer: the playbook keeps it unless Adam
+    wins beyond the noise), Adam the candidate. Returns the printed section.
+    """
+    from tunebook.playbook import compare, study_variance, trial_variance
+
+    records = study.trials()
+    best: dict[str, Any] = {}
+    for kind in ("nesterov", "adam"):
+        good = [r for r in records if r.kind == "quasirandom" and r.params.get("optimizer") == kind
+                and r.state == "complete" and r.best_value is not None]
+        if good:
+            best[kind] = min(good, key=lambda r: r.best_value)
+    lines = ["", "", "Decision (the playbook: adopt a change only if it wins beyond the retrain variance):"]
+    if len(best) < 2:
+        missing = [kind for kind in ("nesterov", "adam") if kind not in best]
+        text = f"no decision: {' and '.join(missing)} has no feasible trial to rerun"
+        study.conclude(text)
+        lines.append(f"  {text}")
+        return "\n".join(lines)
+    def rerun(n: int) -> Any:
+        for kind in ("nesterov", "adam"):
+            study.rerun(best[kind].index, n=n)
+        while (trial := study.ask(lease_seconds=120.0)) is not None:  # the reruns (any worker may take them)
+            with trial:
+                run_trial(trial, data, args, run_dir)
+        return compare((study, best["nesterov"].index), (study, best["adam"].index))
+
+    started = time.perf_counter()
+    result = rerun(args.reruns)
+    if result.verdict == "too few replicates" and result.rerun_n <= args.max_reruns:
+        lines.append(f"  {args.reruns} reruns each were too few to decide; rerunning to n={result.rerun_n}, as the "
+                     "verdict asks")
+        result = rerun(result.rerun_n)
+    records = study.trials()
+    lines.append(f"  ({sum(r.kind == 'replicate' for r in records)} reruns in {time.perf_counter() - started:.0f} s)")
+    for kind in ("nesterov", "adam"):
+        tv = trial_variance(study, best[kind].index)
+        mine = [r for r in records if r.params.get("optimizer") == kind]
+        try:
+            sv = study_variance(mine, metric=study.metric, mode=study.mode)
+            spread = f"study variance ±{sv.std:.3f} (best of {sv.budget} trials, bootstrap)"
+        except ValueError:
+            spread = "study variance: -"
+        lines.append(f"  {kind:9s} trial {best[kind].index}: {tv.n} reruns {tv.mean:.4f} ± {tv.std:.3f} "
+                     f"(its own run {best[kind].best_value:.4f}); {spread}")
+    lines += ["  " + line for line in result.message.splitlines()]
+    adopt = {"adopt": best["adam"].index, "worse": best["nesterov"].index,
+             "no detectable difference": best["nesterov"].index}.get(result.verdict)
+    text = {"adopt": "Adam wins beyond the retrain variance: adopt it",
+            "worse": "Nesterov wins beyond the retrain variance: keep it",
+            "no detectable difference": "no detectable difference: keep the simpler Nesterov",
+            }.get(result.verdict, f"undecided: rerun with n={result.rerun_n} to decide")
+    study.conclude(f"{text} (valid_loss {result.improvement:+.4f} ± {result.uncertainty:.4f} for Adam)",
+                   adopt=adopt)
+    return "\n".join(lines)
 
 
 def summarize(study: Any, args: argparse.Namespace, run_dir: Path) -> str:
@@ -435,7 +521,7 @@ def summarize(study: Any, args: argparse.Namespace, run_dir: Path) -> str:
     from tunebook.checkpoints import CheckpointKeeper
     from tunebook.playbook import recorded
 
-    records = study.trials()
+    records = [r for r in study.trials() if r.kind == "quasirandom"]  # the reruns come in the decision below
     procedures = {r.procedure: r.result for r in recorded(study) if r.result is not None}
     lines = ["", f"== {study.name}: {len(records)} trials =="]
     sweep = procedures.get("throughput_sweep")

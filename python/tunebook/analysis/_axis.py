@@ -25,7 +25,12 @@ class AxisPanel(NamedTuple):
         infeasible_x: its value in each infeasible trial where it is active (red x).
         infeasible_trials: their indices.
         low, high: the search-space bounds (the observed range without a space).
-        best_x: the value in the best trial of this panel, or None.
+        best_x: the value in the best trial of this panel (quasi-random or
+            exploitation), or None.
+        exploit_x, exploit_y, exploit_trials: the feasible exploitation trials
+            (:meth:`tunebook.Study.exploit`), kept apart from the quasi-random ones:
+            they are not a uniform sample, so the boundary check leaves them out.
+        exploit_infeasible_x: the infeasible exploitation trials.
     """
 
     hyperparameter: Hyperparameter
@@ -37,10 +42,18 @@ class AxisPanel(NamedTuple):
     low: float | None
     high: float | None
     best_x: Any
+    exploit_x: tuple[Any, ...] = ()
+    exploit_y: np.ndarray = np.zeros(0)
+    exploit_trials: np.ndarray = np.zeros(0, dtype=np.int64)
+    exploit_infeasible_x: tuple[Any, ...] = ()
 
 
 class AxisPlotData(NamedTuple):
-    """The axis plots of a study: one panel per varied hyperparameter, plus warnings."""
+    """The axis plots of a study: one panel per varied hyperparameter, plus warnings.
+
+    ``n_feasible`` and ``n_infeasible`` count quasi-random trials; ``n_exploit`` the
+    exploitation trials (replicates are left out: they repeat a trial's point).
+    """
 
     metric: str
     mode: str
@@ -48,6 +61,7 @@ class AxisPlotData(NamedTuple):
     n_feasible: int
     n_infeasible: int
     warnings: tuple[AnalysisWarning, ...]
+    n_exploit: int = 0
 
 
 def _unit(values: np.ndarray, low: float, high: float, log: bool) -> np.ndarray:
@@ -112,11 +126,16 @@ def axis_plot_data(
 
     Returns:
         An :class:`AxisPlotData`. Hyperparameters that take a single value in the trials
-        (fixed ones) get no panel.
+        (fixed ones) get no panel. Replicates are left out; exploitation trials are
+        kept apart in each panel (``exploit_*``), out of the boundary and
+        infeasible-fraction checks, which are about the quasi-random sample.
     """
-    views = trial_views(trials)
+    views = [t for t in trial_views(trials) if t.kind != "replicate"]
+    exploit = [t for t in views if t.kind == "exploit"]
+    views = [t for t in views if t.kind != "exploit"]
     feasible = [t for t in views if t.feasible]
     infeasible = [t for t in views if t.infeasible]
+    exploit_feasible = [t for t in exploit if t.feasible]
     panels = []
     warnings: list[AnalysisWarning] = []
     for hp in hyperparameters(space, views):
@@ -124,14 +143,18 @@ def axis_plot_data(
             continue
         mine = [t for t in feasible if hp.active(t.params)]
         bad = [t for t in infeasible if hp.active(t.params)]
-        values = [t.params[hp.name] for t in mine + bad]
+        exploited = [t for t in exploit_feasible if hp.active(t.params)]
+        exploited_bad = [t for t in exploit if t.infeasible and hp.active(t.params)]
+        values = [t.params[hp.name] for t in mine + bad + exploited + exploited_bad]
         if len({repr(v) for v in values}) < 2:
             continue
         y = np.asarray([t.value for t in mine], dtype=np.float64)
         low, high = hp.low, hp.high
         if hp.numeric and (low is None or high is None) and values:
             low, high = float(min(values)), float(max(values))
-        best_x = mine[int(np.argmin(oriented(y, mode)))].params[hp.name] if mine else None
+        both = mine + exploited
+        scores = oriented(np.asarray([t.value for t in both], dtype=np.float64), mode)
+        best_x = both[int(np.argmin(scores))].params[hp.name] if both else None
         panel = AxisPanel(
             hyperparameter=hp,
             x=tuple(t.params[hp.name] for t in mine),
@@ -142,6 +165,10 @@ def axis_plot_data(
             low=low,
             high=high,
             best_x=best_x,
+            exploit_x=tuple(t.params[hp.name] for t in exploited),
+            exploit_y=np.asarray([t.value for t in exploited], dtype=np.float64),
+            exploit_trials=np.asarray([t.index for t in exploited], dtype=np.int64),
+            exploit_infeasible_x=tuple(t.params[hp.name] for t in exploited_bad),
         )
         panels.append(panel)
         warnings.extend(boundary_warnings(panel, mode, edge=edge))
@@ -154,4 +181,4 @@ def axis_plot_data(
             "where they fail (see the red x), or make training more stable (warmup, clipping).",
             "study",
         ))
-    return AxisPlotData(metric, mode, tuple(panels), len(feasible), len(infeasible), tuple(warnings))
+    return AxisPlotData(metric, mode, tuple(panels), len(feasible), len(infeasible), tuple(warnings), len(exploit))

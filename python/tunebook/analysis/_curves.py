@@ -185,7 +185,7 @@ def training_curves_data(
     """
     if int(top) != top or top < 1:
         raise ValueError(f"{top=} must be a positive integer")
-    views = [t for t in trial_views(trials) if t.feasible]
+    views = [t for t in trial_views(trials) if t.feasible and t.kind != "replicate"]
     views.sort(key=lambda t: (oriented(t.value, mode), t.index))
     curves, warnings = [], []
     for trial in views[:top]:

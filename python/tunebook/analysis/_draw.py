@@ -21,6 +21,7 @@ from tunebook.analysis._sampled_enough import SampledEnoughData
 FEASIBLE_COLOR = "#1f77b4"
 INFEASIBLE_COLOR = "#d62728"
 BEST_COLOR = "#ff7f0e"
+EXPLOIT_COLOR = "#2ca02c"
 WARN_COLOR = "#b00020"
 
 
@@ -61,8 +62,9 @@ def _robust_limits(y: np.ndarray, mode: str) -> tuple[float, float] | None:
 
 def axis_plot(data: AxisPlotData, *, columns: int = 3) -> Any:
     """The metric against each hyperparameter; infeasible trials as red x along the top,
-    the best trial as an orange star, the search bounds as dotted lines, and a panel
-    with a boundary warning titled in red."""
+    exploitation trials as green diamonds (apart from the quasi-random dots), the best
+    trial as an orange star, the search bounds as dotted lines, and a panel with a
+    boundary warning titled in red."""
     if not data.panels:
         figure = _figure(4, 1.5)
         figure.text(0.5, 0.5, "no varied hyperparameter with finished trials", ha="center", va="center")
@@ -71,16 +73,26 @@ def axis_plot(data: AxisPlotData, *, columns: int = 3) -> Any:
     warned = {w.subject for w in data.warnings if w.code == "boundary"}
     for ax, panel in zip(axes, data.panels):
         hp = panel.hyperparameter
-        limits = _robust_limits(panel.y, data.mode)
+        exploit_y = np.asarray(getattr(panel, "exploit_y", np.zeros(0)), dtype=np.float64)
+        limits = _robust_limits(np.concatenate([panel.y, exploit_y]), data.mode)
+        exploit_x_values = tuple(getattr(panel, "exploit_x", ()))
+        exploit_bad_values = tuple(getattr(panel, "exploit_infeasible_x", ()))
         if hp.numeric:
             x = np.asarray(panel.x, dtype=np.float64)
-            bad_x = np.asarray(panel.infeasible_x, dtype=np.float64)
+            bad_x = np.asarray(panel.infeasible_x + exploit_bad_values, dtype=np.float64)
+            exploit_x = np.asarray(exploit_x_values, dtype=np.float64)
         else:
-            order = {value: i for i, value in enumerate(dict.fromkeys(map(repr, (*hp.choices, *panel.x, *panel.infeasible_x))))}
+            order = {value: i for i, value in enumerate(dict.fromkeys(map(repr, (
+                *hp.choices, *panel.x, *panel.infeasible_x, *exploit_x_values, *exploit_bad_values))))}
             jitter = np.random.default_rng(0)
             x = np.asarray([order[repr(v)] for v in panel.x], dtype=np.float64) + jitter.uniform(-0.15, 0.15, len(panel.x))
-            bad_x = np.asarray([order[repr(v)] for v in panel.infeasible_x], dtype=np.float64)
+            bad_x = np.asarray([order[repr(v)] for v in panel.infeasible_x + exploit_bad_values], dtype=np.float64)
+            exploit_x = np.asarray([order[repr(v)] for v in exploit_x_values], dtype=np.float64)
             ax.set_xticks(range(len(order)), [label.strip("'") for label in order], rotation=20)
+        if exploit_y.size:
+            clipped = np.clip(exploit_y, *limits) if limits is not None else exploit_y
+            ax.scatter(exploit_x, clipped, s=26, marker="D", facecolors="none", edgecolors=EXPLOIT_COLOR,
+                       alpha=0.9, label="exploitation (Bayesian)")
         y = panel.y.copy()
         if limits is not None:
             y_clipped = np.clip(y, *limits)
@@ -89,8 +101,10 @@ def axis_plot(data: AxisPlotData, *, columns: int = 3) -> Any:
             if outside.any():
                 ax.scatter(x[outside], y_clipped[outside], s=22, marker="^", color=FEASIBLE_COLOR, alpha=0.5,
                            label="off scale")
-            best = int(np.argmin(y if data.mode == "min" else -y))
-            ax.scatter([x[best]], [y[best]], s=120, marker="*", color=BEST_COLOR, zorder=5, label="best")
+            all_x, all_y = np.concatenate([x, exploit_x]), np.concatenate([y, exploit_y])
+            best = int(np.argmin(all_y if data.mode == "min" else -all_y))
+            ax.scatter([all_x[best]], [np.clip(all_y[best], *limits)], s=120, marker="*", color=BEST_COLOR, zorder=5,
+                       label="best")
             top = limits[1] if data.mode == "min" else limits[0]
             ax.set_ylim(*limits)
         else:

@@ -77,7 +77,8 @@ def isolation_plot_data(
     """
     if int(bins) != bins or bins < 1:
         raise ValueError(f"{bins=} must be a positive integer")
-    views = [t for t in trial_views(trials) if scientific in t.params]
+    # Replicates re-measure a trial's point; they would let a lucky seed win a bucket.
+    views = [t for t in trial_views(trials) if scientific in t.params and t.kind != "replicate"]
     if not views:
         raise ValueError(f"no trial has the hyperparameter {scientific!r}: check its name")
     feasible = [t for t in views if t.feasible]

@@ -83,7 +83,9 @@ def sampled_enough_data(
     """
     from tunebook.checkpoints import bootstrap_best_of_k
 
-    views = [t for t in trial_views(trials) if t.feasible or t.infeasible]
+    # Only the quasi-random trials are draws from the search space: replicates repeat a
+    # point and exploitation trials are chosen by a model.
+    views = [t for t in trial_views(trials) if (t.feasible or t.infeasible) and t.kind == "quasirandom"]
     if group_by is None:
         groups = [("all", views)]
     else:

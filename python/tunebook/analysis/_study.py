@@ -66,8 +66,12 @@ def analyze_study(
         space: the search space, when passing trials.
         metric, mode: the validation metric and its direction (default: the study's, else
             ``"valid_loss"``/``"min"``).
-        scientific: hyperparameters for isolation plots (default: :func:`default_scientific`);
-            the first categorical one also splits the "sampled enough" bootstrap.
+        scientific: hyperparameters for isolation plots (default: the study's declared
+            scientific hyperparameters, ``Study(scientific=...)``, else
+            :func:`default_scientific`); the first categorical one also splits the
+            "sampled enough" bootstrap. Each isolation plot takes the best trial per
+            value, which optimises every other searched hyperparameter away: with
+            declared roles, those are the declared nuisance ones.
         train_metric: the training curve's metric.
         grad_norm_metric: the per-step metric holding gradient norms, if reported.
         max_grad_norm: the clipping threshold that was in use, if any.
@@ -82,11 +86,14 @@ def analyze_study(
         space = space if space is not None else getattr(study, "space", None)
         metric = metric or getattr(study, "metric", None)
         mode = mode or getattr(study, "mode", None)
+        declared = getattr(getattr(study, "roles", None), "scientific", ())
+        if scientific is None and declared:
+            scientific = declared
     else:
         trials = list(study_or_trials)
     metric = metric or "valid_loss"
     mode = mode or "min"
-    views = trial_views(trials)
+    views = [v for v in trial_views(trials) if v.kind != "replicate"]
     scientific = tuple(scientific) if scientific is not None else default_scientific(views, space)
 
     axis = axis_plot_data(views, space, metric=metric, mode=mode)

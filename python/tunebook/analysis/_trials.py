@@ -27,6 +27,7 @@ class TrialView(NamedTuple):
     value: float  # the best value of the study's metric; NaN when there is none
     step: int  # the step of that value; -1 when there is none
     source: Any  # the original record, for its histories
+    kind: str = "quasirandom"  # "quasirandom", "replicate" or "exploit" (see tunebook.Study)
 
     @property
     def feasible(self) -> bool:
@@ -96,6 +97,7 @@ def trial_views(trials: Iterable[Any]) -> list[TrialView]:
                 value=_float(_get(record, "best_value", "value")),
                 step=-1 if step is None else int(step),
                 source=record,
+                kind=str(_get(record, "kind", default="quasirandom") or "quasirandom"),
             )
         )
     return sorted(views, key=lambda view: view.index)

@@ -22,6 +22,22 @@ How to apply learning rate warmup               :func:`warmup_sweep`,           
 Deciding how long to train (compute-bound)      :func:`round_two`                   :func:`round_two_plot`
 ==============================================  ==================================  ==============================
 
+Deciding what to adopt, keeping the tuning log, and exploiting after exploring (the
+results carry a ``verdict`` or ``message`` and ``warnings`` the same way):
+
+==============================================  =======================================================
+playbook section                                tool
+==============================================  =======================================================
+Trial variance (rerun the best trial N times)   :meth:`tunebook.Study.rerun`, :func:`trial_variance`
+Study variance (another quasi-random seed)      :func:`study_variance` (bootstrap, the Rust core)
+Adopting a change (beyond the retrain variance) :func:`compare`, ``tunebook compare``
+The incremental tuning log                      ``Study(goal=, scientific=, nuisance=, fixed=)``,
+                                                :meth:`tunebook.Study.conclude`, :func:`tuning_log`,
+                                                ``tunebook log``
+Adam's hyperparameters by trial budget (FAQ)    :func:`adam_space`, :func:`nesterov_space`
+Bayesian optimisation after exploration         :meth:`tunebook.Study.exploit`, :func:`divergent_trials`
+==============================================  =======================================================
+
 Example:
     >>> from tunebook.playbook import warmup_sweep, with_warmup
     >>> sweep = warmup_sweep(unstable_base_lr=0.5, max_train_steps=10_000)
@@ -31,8 +47,12 @@ Example:
     11000
 """
 
+from tunebook.playbook._compare import Comparison, compare
 from tunebook.playbook._detect import Instability, InstabilityEvent, detect_instability
+from tunebook.playbook._exploit import divergent_trials
 from tunebook.playbook._grid import GridSpace
+from tunebook.playbook._log import LogRow, tuning_log
+from tunebook.playbook._presets import BETA2_FROM, adam_config, adam_space, nesterov_config, nesterov_space
 from tunebook.playbook._instability import (
     CurveAboveBest,
     EarlyInstabilityCheck,
@@ -44,6 +64,7 @@ from tunebook.playbook._record import Record, record, recorded
 from tunebook.playbook._round_two import RoundTwo, round_two
 from tunebook.playbook._steps import MaxTrainSteps, constant_lr_sweep, max_train_steps_from_sweep
 from tunebook.playbook._throughput import ThroughputSweep, is_out_of_memory, throughput_sweep
+from tunebook.playbook._variance import StudyVariance, TrialVariance, study_variance, trial_variance
 from tunebook.playbook._warmup import (
     ShortestStableWarmup,
     WarmupSweep,
@@ -65,30 +86,44 @@ _DRAWING = (
 )
 
 __all__ = [
+    "BETA2_FROM",
+    "Comparison",
     "CurveAboveBest",
     "EarlyInstabilityCheck",
     "GridSpace",
     "Instability",
     "InstabilityEvent",
     "LRSweepInstability",
+    "LogRow",
     "MaxTrainSteps",
     "Record",
     "RoundTwo",
     "ShortestStableWarmup",
+    "StudyVariance",
     "ThroughputSweep",
+    "TrialVariance",
     "WarmupSweep",
     "WithWarmup",
+    "adam_config",
+    "adam_space",
+    "compare",
     "constant_lr_sweep",
     "detect_instability",
+    "divergent_trials",
     "early_instability_check",
     "is_out_of_memory",
     "lr_sweep_instability",
     "max_train_steps_from_sweep",
+    "nesterov_config",
+    "nesterov_space",
     "record",
     "recorded",
     "round_two",
     "shortest_stable_warmup",
+    "study_variance",
     "throughput_sweep",
+    "trial_variance",
+    "tuning_log",
     "warmup_sweep",
     "with_warmup",
     *_DRAWING,

@@ -153,7 +153,8 @@ def lr_sweep_instability(
     max_factor = _check_real("max_factor", max_factor, low=1)
     if not isinstance(lr_param, str) or not lr_param:
         raise ValueError(f"lr_param must be a parameter name, got {lr_param!r}")
-    views = trial_views(trials)
+    # Reruns of a trial (Study.rerun) repeat its learning rate: they are not sweep points.
+    views = [v for v in trial_views(trials) if v.kind != "replicate"]
     if not views:
         raise ValueError("study has no trials: run the learning-rate sweep first")
     with_lr = [v for v in views if _is_number(v.params.get(lr_param)) and v.params[lr_param] > 0]

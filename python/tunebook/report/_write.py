@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from tunebook.analysis import StudyAnalysis, analyze_study
 from tunebook.analysis._trials import trial_views
+from tunebook.report._decisions import log_html, round_rows, variances_html
 from tunebook.report._figures import image_tag
 from tunebook.report._playbook import playbook_sections, playbook_warnings, records_of
 
@@ -72,11 +73,29 @@ def _trials_table(views: Sequence[Any], best_index: int | None) -> str:
     rows = []
     for view in views:
         cls = "best" if view.index == best_index else view.state
-        cells = [str(view.index), view.state, _format(view.value if math.isfinite(view.value) else None),
+        state = view.state
+        if view.kind == "replicate":
+            state += f" (rerun of {getattr(view.source, 'parent', '?')})"
+        elif view.kind == "exploit":
+            state += " (exploitation)"
+        cells = [str(view.index), state, _format(view.value if math.isfinite(view.value) else None),
                  _format(view.step if view.step >= 0 else None)]
         cells += [_format(view.params.get(name)) if name in view.params else "" for name in names]
         rows.append(f'<tr class="{escape(cls)}">' + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _trials_run(views: Sequence[Any], max_trials: int | None) -> str:
+    finished = ("complete", "infeasible", "failed")
+    counts = {kind: sum(v.state in finished for v in views if v.kind == kind)
+              for kind in ("quasirandom", "exploit", "replicate")}
+    quasirandom = sum(v.kind == "quasirandom" for v in views)
+    text = f"{counts['quasirandom']} of {max_trials or quasirandom}"
+    if counts["exploit"]:
+        text += f", + {counts['exploit']} exploitation (Bayesian)"
+    if counts["replicate"]:
+        text += f", + {counts['replicate']} reruns (replicates)"
+    return text
 
 
 def _section(title: str, note: str, body: str) -> str:
@@ -113,18 +132,20 @@ def render_report(
         return _unfinished_report(title, name, views, summary, extra_html)
     if analysis is None:
         analysis = analyze_study(study_or_trials, **analysis_options)
-    feasible = [v for v in views if v.feasible]
+    feasible = [v for v in views if v.feasible and v.kind != "replicate"]  # a lucky rerun is no better config
     best = min(feasible, key=lambda v: (v.value if analysis.mode == "min" else -v.value, v.index), default=None)
 
     rows = [
         ("study", name),
+        *(round_rows(study)[:1] if study is not None else []),
         ("metric", f"{analysis.metric} ({analysis.mode})"),
-        ("trials run", f"{sum(v.state in ('complete', 'infeasible', 'failed') for v in views)}"
-                       f" of {summary.get('max_trials') or len(views)}"),
+        ("trials run", _trials_run(views, summary.get("max_trials"))),
         ("complete / infeasible / failed", " / ".join(
-            str(sum(v.state == s for v in views)) for s in ("complete", "infeasible", "failed"))),
+            str(sum(v.state == s for v in views if v.kind != "replicate"))
+            for s in ("complete", "infeasible", "failed"))),
         ("best value", None if best is None else f"{best.value:.6g} (trial {best.index}, step {best.step})"),
         ("scientific hyperparameters", ", ".join(analysis.scientific) or "–"),
+        *(round_rows(study)[1:] if study is not None else []),
         ("config", summary.get("config")),
         ("notes", summary.get("notes")),
         ("reproduce with", summary.get("command")),
@@ -138,6 +159,20 @@ def render_report(
         _warnings_html(tuple(dict.fromkeys((*analysis.warnings, *playbook_warnings(records))))),
         extra_html,
     ]
+    if study is not None and hasattr(study, "roles"):
+        parts.append(_section(
+            "The tuning log",
+            "This study's row of the playbook's tuning log (tunebook log): one round, its goal, what it "
+            "established and the baseline it adopted.",
+            log_html(study),
+        ))
+        parts.append(_section(
+            "Trial variance and study variance",
+            "Trial variance: the spread of the best trial's result over training seeds (its reruns). Study "
+            "variance: how much the best result would move with another quasi-random seed at this budget "
+            "(bootstrap). Either can be the larger; a difference smaller than both is noise.",
+            variances_html(study),
+        ))
     if best is not None:
         parts.append(_section("Best configuration", f"trial {best.index}",
                               _kv_table(list(best.params.items()))))
@@ -145,7 +180,8 @@ def render_report(
     parts.append(_section(
         "Hyperparameter axis plots",
         "The metric against each hyperparameter varied in the study; red x are infeasible trials "
-        "(diverged or NaN), the star is the best trial, dotted lines are the search bounds. "
+        "(diverged or NaN), green diamonds are exploitation (Bayesian) trials, kept apart from the "
+        "quasi-random ones, the star is the best trial, dotted lines are the search bounds. "
         "Best trials crowding a bound mean the space should be extended.",
         image_tag(_draw.axis_plot(analysis.axis), "axis plots", dpi)
         + _section_warnings(analysis, {"boundary", "infeasible_fraction"}),

@@ -3,6 +3,11 @@
 ``tunebook_meta`` holds ``schema_version``. Opening a database creates the tables when
 missing, refuses a database written by a newer tunebook, and runs the migrations in
 :data:`MIGRATIONS` (version ``v`` to ``v + 1``) on an older one, in one transaction.
+A read-only open (:func:`check_schema`) creates and migrates nothing.
+
+Versions: 1, the first; 2 adds study attributes (``tunebook_study_attrs``); 3 adds the
+round's goal, roles and conclusion and the exploitation settings (``tunebook_studies``),
+and each trial's kind, Halton point, parent and training seed (``tunebook_trials``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tunebook.study._storage import run_transaction
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -40,6 +45,13 @@ studies = sa.Table(
     sa.Column("notes", sa.Text, nullable=False, default=""),
     sa.Column("command", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Version 3: the round of the tuning log, and the exploitation phase.
+    sa.Column("goal", sa.Text, nullable=True),
+    sa.Column("roles_json", sa.Text, nullable=True),
+    sa.Column("conclusion", sa.Text, nullable=True),
+    sa.Column("adopted_trial", sa.Integer, nullable=True),
+    sa.Column("concluded_at", sa.Float, nullable=True),
+    sa.Column("exploit_json", sa.Text, nullable=True),
 )
 
 trials = sa.Table(
@@ -61,7 +73,15 @@ trials = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("best_step", sa.BigInteger, nullable=True),
     sa.Column("best_value", sa.Float, nullable=True),
+    # Version 3. kind: quasirandom | replicate | exploit. point: the Halton index of a
+    # quasi-random trial (else NULL). parent: the trial a replicate repeats. seed: the
+    # training seed handed to the worker.
+    sa.Column("kind", sa.String(16), nullable=False, server_default="quasirandom"),
+    sa.Column("point", sa.Integer, nullable=True),
+    sa.Column("parent", sa.Integer, nullable=True),
+    sa.Column("seed", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("study_id", "trial_index", name="tunebook_trials_study_index"),
+    sa.UniqueConstraint("study_id", "point", name="tunebook_trials_study_point"),
     sa.Index("tunebook_trials_study_state", "study_id", "state"),
 )
 
@@ -92,8 +112,47 @@ def _add_study_attrs(connection: Connection) -> None:
     study_attrs.create(connection, checkfirst=True)
 
 
+def _add_trial_kinds(connection: Connection) -> None:
+    from tunebook.study._seeds import trial_seed
+
+    # Idempotent: a database that already has some of the columns (an interrupted or
+    # hand-made upgrade) gains only the missing ones.
+    inspector = sa.inspect(connection)
+    for table, columns in ((studies, ("goal", "roles_json", "conclusion", "adopted_trial", "concluded_at",
+                                      "exploit_json")),
+                           (trials, ("kind", "point", "parent", "seed"))):
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for name in columns:
+            if name in present:
+                continue
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {name} {table.c[name].type.compile(connection.dialect)}"
+            if name == "kind":
+                ddl += " NOT NULL DEFAULT 'quasirandom'"
+            connection.exec_driver_sql(ddl)
+    # Every earlier trial is quasi-random: trial i is Halton point i, with the seed a
+    # version-3 study would have given it.
+    connection.execute(trials.update().where(trials.c.point.is_(None) & (trials.c.kind == "quasirandom"))
+                       .values(point=trials.c.trial_index))
+    rows = connection.execute(
+        sa.select(trials.c.id, trials.c.trial_index, studies.c.seed)
+        .join(studies, studies.c.id == trials.c.study_id)
+        .where(trials.c.seed.is_(None) & (trials.c.kind == "quasirandom"))
+    ).all()
+    if rows:
+        connection.execute(
+            trials.update().where(trials.c.id == sa.bindparam("b_id")).values(seed=sa.bindparam("b_seed")),
+            [{"b_id": row.id, "b_seed": trial_seed(int(row.seed), "quasirandom", row.trial_index)} for row in rows],
+        )
+    indexes = {index["name"] for index in inspector.get_indexes(trials.name)}
+    indexes |= {constraint["name"] for constraint in inspector.get_unique_constraints(trials.name)}
+    if "tunebook_trials_study_point" not in indexes:
+        connection.exec_driver_sql(
+            "CREATE UNIQUE INDEX tunebook_trials_study_point ON tunebook_trials (study_id, point)"
+        )
+
+
 #: Migrations: MIGRATIONS[v] upgrades a version-v database to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_study_attrs}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_study_attrs, 2: _add_trial_kinds}
 
 
 class SchemaVersionError(RuntimeError):
@@ -137,6 +196,31 @@ def ensure_schema(engine: Engine) -> None:
     if not (inspector_has_meta and run_transaction(engine, check, write=False)):
         run_transaction(engine, _ensure, write=True, retry_integrity=True)
     _ready.add(id(engine))
+
+
+def check_schema(engine: Engine) -> bool:
+    """For a read-only open: whether the database holds tunebook's tables, at this
+    tunebook's schema version. Creates nothing.
+
+    Raises:
+        SchemaVersionError: the database was written by another version (a newer one:
+            upgrade tunebook; an older one: open it once for writing, which upgrades it).
+    """
+    if not sa.inspect(engine).has_table("tunebook_meta"):
+        return False
+    version = schema_version(engine)
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database has schema version {version}, newer than this tunebook's "
+            f"({SCHEMA_VERSION}); upgrade tunebook to open it"
+        )
+    if version < SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database has schema version {version}, older than this tunebook's ({SCHEMA_VERSION}), "
+            "and a read-only open does not upgrade it: open the study once for writing (for example "
+            "Study(name, storage=...)), which upgrades it in place"
+        )
+    return True
 
 
 def schema_version(engine: Engine) -> int:

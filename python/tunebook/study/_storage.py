@@ -1,6 +1,15 @@
-"""Storage engines: SQLite (WAL, busy timeout, write transactions that take the lock up
-front) and PostgreSQL (row locks), behind one SQLAlchemy 2 engine per URL and process,
-with retries for the transient errors of a shared database."""
+"""Opening a study storage, and the SQL engines behind it.
+
+:func:`open_storage` turns a storage URL into a
+:class:`~tunebook.study._contract.StudyStorage`: ``sqlite:///path.db`` or
+``postgresql://...`` (:class:`~tunebook.study._sql.SQLStorage`), or ``memory://name``
+(:class:`~tunebook.study._memory.InMemoryStorage`, one per name and process).
+
+The engines: SQLite (WAL, busy timeout, write transactions that take the lock up front)
+and PostgreSQL (row locks), one SQLAlchemy 2 engine per URL, mode and process, with
+retries for the transient errors of a shared database. A read-only engine opens an
+existing SQLite file with ``mode=ro`` and never creates a file, a directory or a lock.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -24,13 +33,16 @@ from sqlalchemy.pool import StaticPool
 from tunebook.study._url import parse as parse_storage
 from tunebook.study._url import sqlite_file
 
+if TYPE_CHECKING:
+    from tunebook.study._contract import StudyStorage
+
 T = TypeVar("T")
 
 #: The environment variable naming the default storage URL.
 STORAGE_ENV = "TUNEBOOK_STORAGE"
 DEFAULT_STORAGE = "sqlite:///tunebook.db"
 
-_engines: dict[str, Engine] = {}
+_engines: dict[Any, Engine] = {}
 _engines_lock = threading.Lock()
 _write_locks: dict[int, _WriterQueue] = {}
 
@@ -66,10 +78,19 @@ def default_storage() -> str:
     return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
-def _sqlite_engine(url: sa.URL) -> Engine:
+def _sqlite_engine(url: sa.URL, read_only: bool) -> Engine:
     memory = url.database in (None, "", ":memory:")
     if memory:
         engine = sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    elif read_only:
+        path = Path(url.database).expanduser().resolve()
+        if not path.is_file():
+            raise LookupError(f"no study database at {path} (a read-only open creates nothing)")
+        # mode=ro: SQLite itself refuses writes and never creates the file.
+        engine = sa.create_engine(
+            sa.URL.create("sqlite", database=f"file:{path}", query={"mode": "ro", "uri": "true"}),
+            connect_args={"timeout": 60, "check_same_thread": False},
+        )
     else:
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
@@ -81,7 +102,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout = 60000")
-        if not memory:
+        if not memory and not read_only:
             cursor.execute("PRAGMA journal_mode = WAL")
         # WAL + NORMAL: never corrupts; a power cut may lose the last commits, which only
         # the (equally lost) local workers could have seen.
@@ -113,26 +134,64 @@ def _postgres_driver(url: sa.URL) -> sa.URL:
     raise ImportError('PostgreSQL storage needs a driver: pip install "tunebook[postgres]" (psycopg2-binary)')
 
 
-def get_engine(storage: str) -> Engine:
-    """The process's engine for a storage URL (created once, re-created after fork)."""
+def get_engine(storage: str, *, read_only: bool = False) -> Engine:
+    """The process's engine for a storage URL (created once, re-created after fork).
+
+    Raises:
+        ValueError: a malformed URL, or not SQLite or PostgreSQL (naming the fix).
+        LookupError: ``read_only`` and the SQLite file does not exist.
+    """
     url = parse_storage(storage)  # ValueError naming the fix for a malformed URL
     path = sqlite_file(url)
     if path is not None:
         # One engine per file, whatever the current directory was when it was named
         # (SQLite resolves a relative path at each connect; "~" it does not expand).
         url = url.set(database=str(path.absolute()))
-    key = url.render_as_string(hide_password=False)
+    key = (url.render_as_string(hide_password=False), read_only)
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
             if url.get_backend_name() == "sqlite":
-                engine = _sqlite_engine(url)
+                engine = _sqlite_engine(url, read_only)
             else:
                 # No pre-ping (a round trip per transaction): run_transaction retries on a
                 # connection found dead instead.
                 engine = sa.create_engine(_postgres_driver(url), pool_size=4, max_overflow=4)
+                if read_only:
+                    engine = engine.execution_options(postgresql_readonly=True)
             _engines[key] = engine
         return engine
+
+
+def open_storage(storage: str | StudyStorage | None = None, *, read_only: bool = False) -> StudyStorage:
+    """The study storage behind a URL.
+
+    Args:
+        storage: ``sqlite:///path.db``, ``postgresql://user:password@host:port/db``,
+            ``memory://`` or ``memory://name`` (a store kept in this process, shared by
+            every open of the same URL), a :class:`StudyStorage` (returned as is), or
+            None for :func:`default_storage`.
+        read_only: open without ever creating a database file, a table or a lock;
+            writes raise :class:`~tunebook.study.ReadOnlyStorageError`.
+
+    Raises:
+        ValueError: an unsupported URL.
+        LookupError: ``read_only`` and the SQLite file does not exist.
+    """
+    from tunebook.study._contract import StudyStorage
+
+    if isinstance(storage, StudyStorage):
+        return storage
+    storage = storage or default_storage()
+    if not isinstance(storage, str):
+        raise ValueError(f"storage must be a database URL or a StudyStorage, got {type(storage).__name__}")
+    if storage.startswith("memory:"):
+        from tunebook.study._memory import memory_storage
+
+        return memory_storage(storage, read_only=read_only)
+    from tunebook.study._sql import SQLStorage
+
+    return SQLStorage(storage, read_only=read_only)
 
 
 def _after_fork_in_child() -> None:

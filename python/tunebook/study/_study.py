@@ -1,4 +1,10 @@
-"""Study: a search space, a seed and a storage URL; trial i is Halton point i."""
+"""Study: a search space, a seed and a storage; quasi-random trial i is Halton point i.
+
+The domain rules of a study live here and only here: which point a trial is, its
+training seed, when the study is full, what "pending" means, replicates, the round's
+roles and conclusion, and when exploitation starts. Persistence is the storage's
+(:mod:`tunebook.study._contract`).
+"""
 
 from __future__ import annotations
 
@@ -10,38 +16,32 @@ import socket
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-from tunebook.study._schema import ensure_schema
-from tunebook.study._schema import metrics as metrics_table
-from tunebook.study._schema import study_attrs as attrs_table
-from tunebook.study._schema import studies as studies_table
-from tunebook.study._schema import trials as trials_table
 from tunebook._checks import as_integer, as_seed, as_text
-from tunebook.study._storage import default_storage, get_engine, run_transaction
-from tunebook.study._url import StorageError, has_studies
-from tunebook.study._url import display as display_storage
-from tunebook.study._url import error_message as storage_error_message
+from tunebook.study._contract import (
+    ClaimedTrial,
+    NewTrial,
+    StudyExistsError,
+    StudyRow,
+    StudyStorage,
+    TrialRow,
+    dumps_params,
+)
+from tunebook.study._roles import Roles, check_roles
+from tunebook.study._round import TuningRound
+from tunebook.study._seeds import trial_seed
+from tunebook.study._storage import default_storage, open_storage
+from tunebook.study._url import has_studies
 from tunebook.study._url import normalize as normalize_storage
 from tunebook.study._trial import Trial, TrialRecord
 
-_UNSET: Any = object()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_json_default)
+    return dumps_params(value)
 
 
 def _space_class(space: Any) -> str:
@@ -72,114 +72,24 @@ def _default_worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-# Statements of the claim transaction, built once (see _trial.py for why).
-_LOCK_STUDY = (
-    sa.select(studies_table.c.max_trials).where(studies_table.c.id == sa.bindparam("b_study")).with_for_update()
-)
-_EXPIRED = (
-    sa.select(trials_table.c.id, trials_table.c.trial_index, trials_table.c.params_json, trials_table.c.claim)
-    .where(
-        (trials_table.c.study_id == sa.bindparam("b_study"))
-        & (trials_table.c.state == "running")
-        & (trials_table.c.lease_expires < sa.bindparam("b_now"))
-    )
-    .order_by(trials_table.c.trial_index)
-    .limit(1)
-)
-_RECLAIM = (
-    trials_table.update()
-    .where((trials_table.c.id == sa.bindparam("b_id")) & (trials_table.c.claim == sa.bindparam("b_claim")))
-    .values(
-        claim=sa.bindparam("b_new_claim"),
-        worker=sa.bindparam("b_worker"),
-        lease_expires=sa.bindparam("b_lease"),
-        updated_at=sa.bindparam("b_now"),
-    )
-)
-_NEXT_INDEX = sa.select(sa.func.coalesce(sa.func.max(trials_table.c.trial_index) + 1, 0)).where(
-    trials_table.c.study_id == sa.bindparam("b_study")
-)
+class Study(TuningRound):
+    """A tuning study: a search space, a seed, and a storage shared by its workers.
 
+    The study's quasi-random trials are the points of the space's scrambled Halton
+    sequence for ``seed``: the trial at point ``p`` has the parameters of point ``p``,
+    so every worker, on every machine, agrees on what each trial is. Until the first
+    replicate or exploitation trial, trial ``i`` is point ``i``. Every trial gets a
+    training seed (:attr:`Trial.seed`), stable forever. The study's definition lives in
+    storage, so any worker can reopen it by name alone.
 
-# PostgreSQL's claim (see Study._claim_postgres).
-def _postgres_claim_statements() -> tuple[Any, Any, Any, Any]:
-    from sqlalchemy.dialects.postgresql import insert
+    Besides quasi-random trials a study holds *replicates* (:meth:`rerun`: a trial's
+    parameters trained again with other seeds, to measure the trial variance) and
+    *exploitation* trials (:meth:`exploit`: proposed by Bayesian optimisation once
+    exploration is done). Neither takes a Halton point or counts in ``max_trials``.
 
-    expired = (
-        sa.select(trials_table.c.id)
-        .where(
-            (trials_table.c.study_id == sa.bindparam("b_study"))
-            & (trials_table.c.state == "running")
-            & (trials_table.c.lease_expires < sa.bindparam("b_now"))
-        )
-        .order_by(trials_table.c.trial_index)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    reclaim = (
-        trials_table.update()
-        .where(trials_table.c.id == expired)
-        .values(
-            claim=trials_table.c.claim + 1,
-            worker=sa.bindparam("b_worker"),
-            lease_expires=sa.bindparam("b_lease"),
-            updated_at=sa.bindparam("b_now"),
-        )
-        .returning(trials_table.c.id, trials_table.c.trial_index, trials_table.c.params_json, trials_table.c.claim)
-    )
-    others = trials_table.alias("others")
-    next_index = (
-        sa.select(sa.func.coalesce(sa.func.max(others.c.trial_index) + 1, 0))
-        .where(others.c.study_id == studies_table.c.id)
-        .scalar_subquery()
-    )
-    source = sa.select(
-        studies_table.c.id,
-        next_index,
-        sa.literal("", sa.Text),
-        sa.literal("running", sa.String),
-        sa.bindparam("b_worker", type_=sa.String),
-        sa.literal(1, sa.Integer),
-        sa.bindparam("b_lease", type_=sa.Float),
-        sa.bindparam("b_now", type_=sa.Float),
-        sa.bindparam("b_now", type_=sa.Float),
-    ).where(
-        (studies_table.c.id == sa.bindparam("b_study"))
-        & (studies_table.c.max_trials.is_(None) | (studies_table.c.max_trials > next_index))
-    )
-    columns = ["study_id", "trial_index", "params_json", "state", "worker", "claim", "lease_expires",
-               "started_at", "updated_at"]
-    insert_next = (
-        insert(trials_table)
-        .from_select(columns, source)
-        .on_conflict_do_nothing(index_elements=["study_id", "trial_index"])
-        .returning(trials_table.c.id, trials_table.c.trial_index)
-    )
-    set_params = (
-        trials_table.update()
-        .where(trials_table.c.id == sa.bindparam("b_id"))
-        .values(params_json=sa.bindparam("b_params"))
-    )
-    full = sa.select(
-        sa.select(sa.func.coalesce(sa.func.max(trials_table.c.trial_index) + 1, 0))
-        .where(trials_table.c.study_id == sa.bindparam("b_study"))
-        .scalar_subquery(),
-        sa.select(studies_table.c.max_trials).where(studies_table.c.id == sa.bindparam("b_study")).scalar_subquery(),
-    )
-    return reclaim, insert_next, set_params, full
-
-
-_PG_RECLAIM, _PG_INSERT, _SET_PARAMS, _PG_FULL = _postgres_claim_statements()
-
-
-class Study:
-    """A tuning study: a search space, a seed, and a storage URL shared by its workers.
-
-    Trial ``i`` has the parameters of point ``i`` of the space's scrambled Halton
-    sequence for ``seed``, so every worker, on every machine, agrees on what trial
-    ``i`` is. The study's definition lives in storage, so any worker can reopen it by
-    name alone.
+    A study is a round of the playbook's incremental tuning loop: it may declare its
+    ``goal`` and its ``scientific``, ``nuisance`` and ``fixed`` hyperparameters
+    (checked against the space), and ends with :meth:`conclude`.
 
     Args:
         name: the study's unique name in this storage.
@@ -187,23 +97,37 @@ class Study:
             ``sample(n, seed=, start=)``, ``to_dict()`` and a ``from_dict`` class
             method). Required to create a study; optional to reopen one, and then
             checked against the stored one.
-        storage: a SQLAlchemy URL: ``sqlite:///path.db`` (the default is
-            ``$TUNEBOOK_STORAGE`` or ``sqlite:///tunebook.db``) or
-            ``postgresql://user:password@host:port/db`` for many machines.
+        storage: a URL: ``sqlite:///path.db`` (the default is ``$TUNEBOOK_STORAGE`` or
+            ``sqlite:///tunebook.db``), ``postgresql://user:password@host:port/db`` for
+            many machines, or ``memory://name`` for one process; or a
+            :class:`~tunebook.study.StudyStorage`.
         seed: the Halton scrambling seed, an integer in ``[0, 2**63)`` (default 0 for
             a new study; checked on reopen).
-        max_trials: how many trials the study runs; None for no limit. Given when
-            reopening, it replaces the stored limit (to extend a study).
+        max_trials: how many quasi-random trials the study runs; None for no limit.
+            Given when reopening, it replaces the stored limit (to extend a study).
         metric: the metric whose best value ranks trials (default "valid_loss").
         mode: "min" or "max" (default "min"); metric and mode are checked on reopen.
         config_path: the config file the study came from (the playbook's study table).
         notes: free text; replaces the stored notes when given on reopen.
         command: the command that reproduces the study.
+        goal: what this round is to find out (the playbook: a narrow goal per round).
+        scientific: the hyperparameters whose effect the round measures (a name or
+            a list); each must be searched by the space.
+        nuisance: the hyperparameters optimised away so that the comparison is fair;
+            each must be searched by the space. Default: every searched hyperparameter
+            that is not scientific. When given, every searched one must have a role.
+        fixed: ``{name: value}`` of the hyperparameters held fixed in this round; none
+            may be searched by the space. Roles are checked when the study is
+            created (or first given to a study that had none) and on reopen.
+        read_only: open an existing study without ever creating a database file, a
+            table or a lock; every write raises
+            :class:`~tunebook.study.ReadOnlyStorageError`.
 
     Raises:
-        ValueError: reopening with a different space, seed, metric or mode, a
-            malformed storage URL, or an out-of-range seed.
-        LookupError: reopening by name a study that does not exist.
+        LookupError: the study does not exist and no space was given.
+        ValueError: reopening with a different space, seed, metric, mode or roles;
+            roles that disagree with the space; a malformed storage URL, or an
+            out-of-range seed.
         StorageError: the storage cannot be opened (the message names it and the fix).
 
     Example:
@@ -219,7 +143,7 @@ class Study:
         self,
         name: str,
         space: Any = None,
-        storage: str | None = None,
+        storage: str | StudyStorage | None = None,
         seed: int | None = None,
         max_trials: int | None = None,
         metric: str | None = None,
@@ -227,6 +151,12 @@ class Study:
         config_path: str | None = None,
         notes: str | None = None,
         command: str | None = None,
+        *,
+        goal: str | None = None,
+        scientific: Sequence[str] | str | None = None,
+        nuisance: Sequence[str] | str | None = None,
+        fixed: Mapping[str, Any] | None = None,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -247,72 +177,76 @@ class Study:
         if space is not None and not (hasattr(space, "sample") and hasattr(space, "to_dict")):
             raise ValueError("space must be a SearchSpace (with sample() and to_dict()), got " + type(space).__name__)
         self.name = name
-        self.storage = normalize_storage(storage or default_storage())
-        try:
-            self.engine = get_engine(self.storage)
-            ensure_schema(self.engine)
-        except (sa.exc.DBAPIError, OSError) as error:
-            raise StorageError(storage_error_message(self.storage, error)) from error
+        #: The storage URL (as given: it may hold a password).
+        if isinstance(storage, StudyStorage):
+            self.storage = getattr(storage, "url", storage.describe())
+        else:
+            self.storage = normalize_storage(storage or default_storage())
+        self._storage = open_storage(storage if isinstance(storage, StudyStorage) else self.storage,
+                                     read_only=read_only)
         space_json = _dumps(space.to_dict()) if space is not None else None
-        space_class = _space_class(space) if space is not None else None
-
-        def open_or_create(connection: Connection) -> Any:
-            row = connection.execute(sa.select(studies_table).where(studies_table.c.name == name)).first()
-            if row is None:
-                if space is None:
-                    raise LookupError(
-                        f"study {name!r} does not exist in {self._safe_storage()}; pass a space to create it"
-                    )
-                values = {
-                    "name": name,
-                    "space_class": space_class,
-                    "space_json": space_json,
-                    "seed": int(seed or 0),
-                    "max_trials": max_trials,
-                    "metric": metric or "valid_loss",
-                    "mode": mode or "min",
-                    "config_path": config_path,
-                    "notes": notes or "",
-                    "command": command,
-                    "created_at": time.time(),
-                }
-                connection.execute(studies_table.insert().values(**values))
-                return connection.execute(sa.select(studies_table).where(studies_table.c.name == name)).one()
-            self._check_definition(row, space_json, seed, metric, mode)
-            updates = {
-                key: value
-                for key, value in {
-                    "max_trials": max_trials,
-                    "config_path": config_path,
-                    "notes": notes,
-                    "command": command,
-                }.items()
-                if value is not None and value != getattr(row, key)
+        declares = any(v is not None for v in (goal, scientific, nuisance, fixed))
+        roles = check_roles(space, goal, scientific, nuisance, fixed) if declares and space is not None else None
+        updates = {
+            key: value
+            for key, value in {"max_trials": max_trials, "config_path": config_path, "notes": notes,
+                               "command": command}.items()
+            if value is not None
+        }
+        row = self._storage.get_study(name)
+        if row is None:
+            if space is None:
+                raise LookupError(f"study {name!r} does not exist in {self._storage.describe()}; pass a space to create it")
+            fields = {
+                "name": name,
+                "space_class": _space_class(space),
+                "space_json": space_json,
+                "seed": int(seed or 0),
+                "max_trials": max_trials,
+                "metric": metric or "valid_loss",
+                "mode": mode or "min",
+                "config_path": config_path,
+                "notes": notes or "",
+                "command": command,
+                "goal": roles.goal if roles else None,
+                "roles_json": roles.to_json() if roles else None,
             }
-            if updates:
-                connection.execute(studies_table.update().where(studies_table.c.id == row.id).values(**updates))
-                row = connection.execute(sa.select(studies_table).where(studies_table.c.id == row.id)).one()
-            return row
+            try:
+                row = self._storage.create_study(fields)
+                updates = {}
+            except StudyExistsError:
+                row = self._storage.get_study(name)  # another worker created it first: reopen
+        self._check_definition(row, space_json, seed, metric, mode)
+        if declares:
+            if roles is None:  # reopened by name: check the roles against the stored space
+                roles = check_roles(_load_space(row.space_class, row.space_json), goal, scientific, nuisance, fixed)
+            stored = Roles.from_stored(row.goal, row.roles_json)
+            if stored.declared and stored != roles:
+                raise ValueError(
+                    f"study {name!r} already exists in {self._storage.describe()} with different roles: stored "
+                    f"{stored._asdict()}, given {roles._asdict()}. Reopen it without roles (or the same ones), "
+                    "or start the next round as a new study."
+                )
+            updates.update(goal=roles.goal, roles_json=roles.to_json())
+        updates = {key: value for key, value in updates.items() if value != getattr(row, key)}
+        if updates:
+            row = self._storage.update_study(row.id, updates)
+        self._set_row(row)
+        self._space = space
 
-        # Reopening by name alone writes nothing, so it takes no write lock (and creates no
-        # lock file): read-only commands and read-only directories can open a study.
-        writes = space is not None or any(v is not None for v in (max_trials, config_path, notes, command))
-        try:
-            row = run_transaction(self.engine, open_or_create, write=writes, retry_integrity=True)
-        except (sa.exc.DBAPIError, OSError) as error:
-            raise StorageError(storage_error_message(self.storage, error)) from error
+    def _set_row(self, row: StudyRow) -> None:
         self._id = row.id
         self.seed = int(row.seed)
         self.metric, self.mode = row.metric, row.mode
         self.config_path, self.notes, self.command = row.config_path, row.notes, row.command
         self._max_trials = row.max_trials
-        self._space = space
         self._space_source = (row.space_class, row.space_json)
+        self._row = row
 
     def _check_definition(self, row: Any, space_json: str | None, seed: Any, metric: Any, mode: Any) -> None:
         def differs(what: str, stored: Any, given: Any) -> ValueError:
             return ValueError(
-                f"study {self.name!r} already exists in {self._safe_storage()} with a different {what}: "
+                f"study {self.name!r} already exists in {self._storage.describe()} with a different {what}: "
                 f"stored {stored}, given {given}. Reopen it with the same {what} (or omit it), "
                 "or choose a new study name."
             )
@@ -326,13 +260,31 @@ class Study:
         if mode is not None and mode != row.mode:
             raise differs("mode", repr(row.mode), repr(mode))
 
-    def _safe_storage(self) -> str:
-        return display_storage(self.storage)
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine of a SQL storage (for inspection); AttributeError otherwise."""
+        return self._storage.engine  # type: ignore[attr-defined]
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this study was opened read-only (``Study.load(..., read_only=True)``)."""
+        return self._storage.read_only
 
     @classmethod
-    def load(cls, name: str, storage: str | None = None) -> Study:
-        """Reopens an existing study from storage alone (LookupError if it does not exist)."""
-        return cls(name, storage=storage)
+    def load(cls, name: str, storage: str | StudyStorage | None = None, *, read_only: bool = False) -> Study:
+        """Reopens an existing study from storage alone.
+
+        Args:
+            name: the study's name.
+            storage: its storage URL (default :func:`default_storage`).
+            read_only: never create a database file, a table or a lock, and refuse
+                writes (:class:`~tunebook.study.ReadOnlyStorageError`): for commands
+                that only read.
+
+        Raises:
+            LookupError: the study (or, read-only, the SQLite file) does not exist.
+        """
+        return cls(name, storage=storage, read_only=read_only)
 
     @property
     def space(self) -> Any:
@@ -341,9 +293,48 @@ class Study:
             self._space = _load_space(*self._space_source)
         return self._space
 
+    def _refresh(self) -> StudyRow:
+        """Re-reads the study's row (another worker may have changed it)."""
+        row = self._storage.get_study(self.name)
+        if row is not None:
+            self._set_row(row)
+        return self._row
+
     @property
     def max_trials(self) -> int | None:
-        return self._max_trials
+        """The number of quasi-random trials, None for no limit (read from storage: another
+        worker may have extended the study)."""
+        return self._refresh().max_trials
+
+    # ---------------------------------------------------------------- attributes
+    def set_attr(self, key: str, value: Any) -> None:
+        """Stores a JSON value under ``key`` with the study, replacing any earlier one.
+
+        What a study remembers besides its trials: the playbook's procedures record
+        their results here for the report. Any worker can write; the last write of a
+        key wins, other keys are untouched.
+
+        Args:
+            key: a non-empty string of at most 255 characters.
+            value: anything ``json.dumps`` accepts (NumPy scalars and arrays too; NaN
+                and infinities are kept).
+
+        Raises:
+            ValueError: an empty or too long key.
+            TypeError: a value that is not JSON serialisable.
+        """
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise ValueError(f"key must be a non-empty string of at most 255 characters, got {key!r}")
+        try:
+            text = json.dumps(value, sort_keys=True, default=_json_scalar)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"the value of study attribute {key!r} must be JSON serialisable: {error}") from None
+        self._storage.set_study_attr(self._id, key, text)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Every attribute stored with :meth:`set_attr`, by key (read from storage each time)."""
+        return {key: json.loads(text) for key, text in self._storage.get_study_attrs(self._id).items()}
 
     # ----------------------------------------------------------------- workers
     def ask(
@@ -355,11 +346,13 @@ class Study:
     ) -> Trial | None:
         """Claims the next trial, atomically, and returns it; None when the study is full.
 
-        A trial whose worker's lease expired (it died, or stopped heartbeating) is given
-        out again before any new trial, lowest index first. Otherwise the next index is
-        claimed, up to ``max_trials``. None means every trial is claimed or finished;
-        trials still running elsewhere may yet expire, so a worker that wants to
-        mop up can ask again later.
+        In order: a trial whose worker's lease expired (it died, or stopped
+        heartbeating), or a replicate waiting for a worker, lowest index first; else
+        the quasi-random trial at the next Halton point, up to ``max_trials``; else,
+        once :meth:`exploit` was called, an exploitation trial proposed from every
+        finished trial, up to its budget. None means every trial is claimed or
+        finished; trials still running elsewhere may yet expire, so a worker that
+        wants to mop up can ask again later.
 
         Args:
             lease_seconds: how long the claim lasts without a report or heartbeat.
@@ -373,88 +366,28 @@ class Study:
         if not lease_seconds > 0:
             raise ValueError(f"{lease_seconds=} must be > 0")
         worker = worker or _default_worker()
-
-        def claim(connection: Connection) -> tuple[int, int, dict[str, Any], int] | None:
-            now = time.time()
-            # Locks the study row on PostgreSQL (SQLite's BEGIN IMMEDIATE already holds
-            # the database write lock), so claims of one study are serialised.
-            max_trials = connection.execute(_LOCK_STUDY, {"b_study": self._id}).scalar_one()
-            self._max_trials = max_trials
-            expired = connection.execute(_EXPIRED, {"b_study": self._id, "b_now": now}).first()
-            if expired is not None:
-                connection.execute(
-                    _RECLAIM,
-                    {
-                        "b_id": expired.id,
-                        "b_claim": expired.claim,
-                        "b_new_claim": expired.claim + 1,
-                        "b_worker": worker,
-                        "b_lease": now + lease_seconds,
-                        "b_now": now,
-                    },
-                )
-                return expired.id, expired.trial_index, json.loads(expired.params_json), expired.claim + 1
-            index = connection.execute(_NEXT_INDEX, {"b_study": self._id}).scalar_one()
-            if max_trials is not None and index >= max_trials:
-                return None
-            params = self.params(index)
-            result = connection.execute(
-                trials_table.insert()
-                .values(
-                    study_id=self._id,
-                    trial_index=index,
-                    params_json=_dumps(params),
-                    state="running",
-                    worker=worker,
-                    claim=1,
-                    lease_expires=now + lease_seconds,
-                    started_at=now,
-                    updated_at=now,
-                )
-            )
-            trial_id = result.inserted_primary_key[0]
-            return trial_id, index, json.loads(_dumps(params)), 1
-
-        if self.engine.dialect.name == "postgresql":
-            claimed = self._claim_postgres(worker, lease_seconds)
-        else:
-            claimed = run_transaction(self.engine, claim, write=True, retry_integrity=True)
+        claimed = self._storage.claim(self._id, worker, lease_seconds, self._quasirandom_trial)
         if claimed is None:
-            return None
-        trial_id, index, params, attempt = claimed
-        return Trial(self, trial_id, index, params, attempt, worker, lease_seconds, heartbeat=heartbeat)
+            row = self._refresh()
+            if row.exploit_json is None:
+                return None
+            from tunebook.playbook._exploit import claim_exploit_trial
 
-    def _claim_postgres(self, worker: str, lease_seconds: float) -> tuple[int, int, dict[str, Any], int] | None:
-        """Claims in one transaction of few round trips and no lock held across them.
+            claimed = claim_exploit_trial(self, self._storage, worker, lease_seconds, json.loads(row.exploit_json))
+            if claimed is None:
+                return None
+        return self._trial(claimed, worker, lease_seconds, heartbeat)
 
-        A reclaim is one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)``;
-        a new trial is one ``INSERT ... SELECT max(index) + 1 ... ON CONFLICT DO NOTHING``,
-        which the unique (study, index) constraint gives to exactly one worker (a loser
-        inserts again and, in READ COMMITTED, sees the winner's row). On a machine
-        whose CPU is busy every round trip costs a scheduling delay, so they are few.
-        """
+    def _trial(self, claimed: ClaimedTrial, worker: str, lease_seconds: float, heartbeat: bool) -> Trial:
+        return Trial(self, self._storage, claimed.id, claimed.index, claimed.params, claimed.claim, worker,
+                     lease_seconds, metric=self.metric, mode=self.mode, heartbeat=heartbeat, kind=claimed.kind,
+                     point=claimed.point, parent=claimed.parent, seed=claimed.seed)
 
-        def claim(connection: Connection) -> tuple[int, int, dict[str, Any], int] | None:
-            now = time.time()
-            values = {"b_study": self._id, "b_now": now, "b_worker": worker, "b_lease": now + lease_seconds}
-            row = connection.execute(_PG_RECLAIM, values).first()
-            if row is not None:
-                return row.id, row.trial_index, json.loads(row.params_json), row.claim
-            while True:
-                row = connection.execute(_PG_INSERT, values).first()
-                if row is not None:
-                    params = self.params(row.trial_index)
-                    connection.execute(_SET_PARAMS, {"b_id": row.id, "b_params": _dumps(params)})
-                    return row.id, row.trial_index, json.loads(_dumps(params)), 1
-                index, self._max_trials = connection.execute(_PG_FULL, {"b_study": self._id}).one()
-                if self._max_trials is not None and index >= self._max_trials:
-                    return None
-                # Another worker inserted that index first: try the next one.
-
-        return run_transaction(self.engine, claim, write=True, retry_integrity=True)
+    def _quasirandom_trial(self, point: int) -> NewTrial:
+        return NewTrial(self.params(point), trial_seed(self.seed, "quasirandom", point), "quasirandom", point)
 
     def params(self, index: int) -> dict[str, Any]:
-        """The parameters of trial ``index``: point ``index`` of the Halton sequence."""
+        """The parameters of Halton point ``index`` (the quasi-random trial at that point)."""
         return dict(self.space.sample(1, seed=self.seed, start=int(index))[0])
 
     # ---------------------------------------------------------------- analysis
@@ -462,46 +395,8 @@ class Study:
         """Every trial so far, by index. ``record.history(metric)`` loads lazily, one
         query per metric for the whole study."""
         now = time.time()
-
-        def read(connection: Connection) -> tuple[list[Any], dict[int, list[str]]]:
-            rows = connection.execute(
-                sa.select(trials_table).where(trials_table.c.study_id == self._id).order_by(trials_table.c.trial_index)
-            ).all()
-            names = connection.execute(
-                sa.select(metrics_table.c.trial_id, metrics_table.c.name)
-                .join(trials_table, trials_table.c.id == metrics_table.c.trial_id)
-                .where(trials_table.c.study_id == self._id)
-                .group_by(metrics_table.c.trial_id, metrics_table.c.name)
-            ).all()
-            by_trial: dict[int, list[str]] = defaultdict(list)
-            for trial_id, metric_name in names:
-                by_trial[trial_id].append(metric_name)
-            return rows, by_trial
-
-        rows, names = run_transaction(self.engine, read, write=False)
-        cache = _HistoryCache(self, {row.trial_index: row.id for row in rows})
-        records = []
-        for row in rows:
-            state = row.state
-            if state == "running" and row.lease_expires is not None and row.lease_expires < now:
-                state = "pending"
-            records.append(
-                TrialRecord(
-                    index=row.trial_index,
-                    params=json.loads(row.params_json),
-                    state=state,
-                    best_step=None if row.best_step is None else int(row.best_step),
-                    best_value=None if row.best_value is None else float(row.best_value),
-                    metric_names=tuple(sorted(names.get(row.id, ()))),
-                    worker=row.worker,
-                    reason=row.reason,
-                    attempts=row.claim,
-                    started_at=row.started_at,
-                    finished_at=row.finished_at,
-                    _history=cache.history,
-                )
-            )
-        return records
+        histories = _HistoryCache(self._storage, self._id)
+        return [_record(row, now, histories.history) for row in self._storage.get_trials(self._id)]
 
     def trial(self, index: int) -> TrialRecord:
         """The record of trial ``index`` (KeyError if it was never claimed)."""
@@ -510,12 +405,28 @@ class Study:
                 return record
         raise KeyError(f"study {self.name!r} has no trial {index}")
 
+    def _find(self, index: Any, argument: str) -> TrialRecord:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise ValueError(f"{argument} must be a trial index, got {index!r}")
+        records = self.trials()
+        for record in records:
+            if record.index == index:
+                return record
+        known = f"0..{records[-1].index}" if records else "none yet"
+        raise ValueError(f"{argument}={index} is not a trial of study {self.name!r} (its trials: {known})")
+
     def best_trial(self) -> TrialRecord | None:
-        """The trial with the best value of the study metric, over every trial that is
-        not infeasible (ties: the lower index); None when no trial has a finite value."""
+        """The configuration with the best value of the study metric: over the
+        quasi-random and exploitation trials that are not infeasible (replicates
+        re-measure a configuration; a lucky one is not a better configuration). Ties:
+        the lower index. None when no trial has a finite value."""
+        return self._best(self.trials())
+
+    def _best(self, records: list[TrialRecord]) -> TrialRecord | None:
         from tunebook.checkpoints import rank_trials
 
-        candidates = [r for r in self.trials() if r.state != "infeasible" and r.best_value is not None]
+        candidates = [r for r in records
+                      if r.kind != "replicate" and r.state != "infeasible" and r.best_value is not None]
         candidates = [r for r in candidates if math.isfinite(r.best_value)]
         if not candidates:
             return None
@@ -526,22 +437,41 @@ class Study:
         """The study's row of the playbook's study table.
 
         Returns:
-            A dict: name, config, notes, metric, mode, max_trials, trials (claimed),
-            trials_run (finished: complete, infeasible or failed), complete,
-            infeasible, failed, running, best_value, best_trial, best_step, command.
+            A dict: name, config, notes, metric, mode, max_trials, trials (claimed
+            configurations: quasi-random and exploitation trials), trials_run
+            (finished: complete, infeasible or failed), complete, infeasible, failed,
+            running, exploit (exploitation trials), replicates, best_value,
+            best_trial, best_step, command, goal, scientific, nuisance, fixed,
+            conclusion, adopted, replicates_run (finished replicates), not_run (what
+            has not yet been run: quasi-random trials up to ``max_trials``,
+            exploitation trials up to their budget, unfinished replicates; None for a
+            study without ``max_trials``).
         """
-        records = self.trials()
+        row = self._refresh()
+        all_records = self.trials()
+        records = [r for r in all_records if r.kind != "replicate"]
         counts = defaultdict(int)
         for record in records:
             counts[record.state] += 1
-        best = self.best_trial()
+        finished = ("complete", "infeasible", "failed")
+        done = defaultdict(int)
+        for record in all_records:
+            done[record.kind] += record.state in finished
+        replicates = len(all_records) - len(records)
+        not_run = None
+        if row.max_trials is not None:
+            budget = json.loads(row.exploit_json)["n_trials"] if row.exploit_json else 0
+            not_run = (max(row.max_trials - done["quasirandom"], 0) + max(budget - done["exploit"], 0)
+                       + replicates - done["replicate"])
+        best = self._best(records)
+        roles = Roles.from_stored(row.goal, row.roles_json)
         return {
             "name": self.name,
             "config": self.config_path,
             "notes": self.notes,
             "metric": self.metric,
             "mode": self.mode,
-            "max_trials": self.max_trials,
+            "max_trials": row.max_trials,
             "trials": len(records),
             "trials_run": counts["complete"] + counts["infeasible"] + counts["failed"],
             "complete": counts["complete"],
@@ -552,109 +482,87 @@ class Study:
             "best_trial": best.index if best else None,
             "best_step": best.best_step if best else None,
             "command": self.command,
+            "exploit": sum(r.kind == "exploit" for r in records),
+            "replicates": replicates,
+            "replicates_run": done["replicate"],
+            "not_run": not_run,
+            "goal": roles.goal,
+            "scientific": list(roles.scientific),
+            "nuisance": list(roles.nuisance),
+            "fixed": dict(roles.fixed),
+            "conclusion": row.conclusion,
+            "adopted": row.adopted_trial if row.conclusion is not None else None,
         }
 
-    # -------------------------------------------------------------- attributes
-    def set_attr(self, key: str, value: Any) -> None:
-        """Stores a JSON value under ``key`` with the study, replacing any earlier one.
-
-        What a study remembers besides its trials: the playbook's procedures record
-        their results here (``playbook.throughput_sweep``, ...) for the report. Any
-        worker can write; the last write of a key wins, other keys are untouched.
-
-        Args:
-            key: a non-empty string of at most 255 characters.
-            value: anything ``json.dumps`` accepts (numpy scalars and arrays too; NaN
-                and infinities are kept).
-
-        Raises:
-            ValueError: an empty or too long key.
-            TypeError: a value that is not JSON serialisable.
-        """
-        if not isinstance(key, str) or not key or len(key) > 255:
-            raise ValueError(f"key must be a non-empty string of at most 255 characters, got {key!r}")
-        try:
-            text = json.dumps(value, sort_keys=True, default=_json_default)
-        except (TypeError, ValueError) as error:
-            raise TypeError(f"the value of study attribute {key!r} must be JSON serialisable: {error}") from None
-
-        def write(connection: Connection) -> None:
-            where = (attrs_table.c.study_id == self._id) & (attrs_table.c.key == key)
-            connection.execute(attrs_table.delete().where(where))
-            connection.execute(attrs_table.insert().values(study_id=self._id, key=key, value_json=text,
-                                                           updated_at=time.time()))
-
-        run_transaction(self.engine, write, write=True, retry_integrity=True)
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """Every attribute stored with :meth:`set_attr`, by key (read from storage each time)."""
-
-        def read(connection: Connection) -> list[Any]:
-            return connection.execute(
-                sa.select(attrs_table.c.key, attrs_table.c.value_json)
-                .where(attrs_table.c.study_id == self._id)
-                .order_by(attrs_table.c.key)
-            ).all()
-
-        return {key: json.loads(text) for key, text in run_transaction(self.engine, read, write=False)}
-
     def __repr__(self) -> str:
-        return f"Study({self.name!r}, storage={self._safe_storage()!r}, seed={self.seed}, max_trials={self.max_trials})"
+        return f"Study({self.name!r}, storage={self._storage.describe()!r}, seed={self.seed}, max_trials={self._max_trials})"
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _record(row: TrialRow, now: float, history: Any) -> TrialRecord:
+    state = row.state
+    if state == "running" and row.lease_expires is not None and row.lease_expires < now:
+        state = "pending"  # its worker's lease expired: it will be given out again
+    return TrialRecord(
+        index=row.index,
+        params=row.params,
+        state=state,
+        best_step=row.best_step,
+        best_value=row.best_value,
+        metric_names=row.metric_names,
+        worker=row.worker,
+        reason=row.reason,
+        attempts=row.claim,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        kind=row.kind,
+        point=row.point,
+        parent=row.parent,
+        seed=row.seed,
+        _history=history,
+    )
 
 
 class _HistoryCache:
-    """Loads one metric's history for every trial of a study in one query."""
+    """Loads one metric's history for every trial of a study at once, on first use."""
 
-    def __init__(self, study: Study, ids: dict[int, int]) -> None:
-        self.study, self.ids = study, ids
+    def __init__(self, storage: StudyStorage, study_id: int) -> None:
+        self.storage, self.study_id = storage, study_id
         self.loaded: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
 
     def history(self, index: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
         if metric not in self.loaded:
-            self.loaded[metric] = self._load(metric)
+            self.loaded[metric] = self.storage.get_histories(self.study_id, metric)
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
-        return self.loaded[metric].get(self.ids.get(index, -1), empty)
-
-    def _load(self, metric: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        def read(connection: Connection) -> list[Any]:
-            return connection.execute(
-                sa.select(metrics_table.c.trial_id, metrics_table.c.step, metrics_table.c.value)
-                .join(trials_table, trials_table.c.id == metrics_table.c.trial_id)
-                .where((trials_table.c.study_id == self.study._id) & (metrics_table.c.name == metric))
-                .order_by(metrics_table.c.trial_id, metrics_table.c.step)
-            ).all()
-
-        rows = run_transaction(self.study.engine, read, write=False)
-        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if not rows:
-            return out
-        trial_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        steps = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-        values = np.fromiter((np.nan if r[2] is None else r[2] for r in rows), dtype=np.float64, count=len(rows))
-        starts = np.flatnonzero(np.r_[True, trial_ids[1:] != trial_ids[:-1]])
-        ends = np.r_[starts[1:], len(rows)]
-        for start, end in zip(starts, ends):
-            out[int(trial_ids[start])] = (steps[start:end], values[start:end])
-        return out
+        return self.loaded[metric].get(index, empty)
 
 
-def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
+def list_studies(storage: str | StudyStorage | None = None) -> list[dict[str, Any]]:
     """The study table of a storage: :meth:`Study.summary` of every study, oldest first.
 
     Reading creates nothing: a SQLite file that does not exist, or a database without
-    tunebook's tables, holds no studies."""
-    storage = normalize_storage(storage or default_storage())
-    if not has_studies(storage):
+    tunebook's tables, holds no studies. (A database of an older tunebook is upgraded in
+    place, as any open of it for writing would.)"""
+    store = storage_to_read(storage)
+    if store is None:
         return []
-    engine = get_engine(storage)
-    try:
-        ensure_schema(engine)
-    except (sa.exc.DBAPIError, OSError) as error:
-        raise StorageError(storage_error_message(storage, error)) from error
-    names = run_transaction(
-        engine,
-        lambda c: [r.name for r in c.execute(sa.select(studies_table.c.name).order_by(studies_table.c.id))],
-        write=False,
-    )
-    return [Study(name, storage=storage).summary() for name in names]
+    return [Study(row.name, storage=store).summary() for row in store.list_studies()]
+
+
+def storage_to_read(storage: str | StudyStorage | None) -> StudyStorage | None:
+    """The storage that commands which only read open: None when it holds no studies
+    (a missing SQLite file, a database without tunebook's tables), which they then
+    leave uncreated. A database of an older tunebook is upgraded in place."""
+    if isinstance(storage, StudyStorage):
+        return storage
+    storage = normalize_storage(storage or default_storage())
+    if not storage.startswith("memory:") and not has_studies(storage):
+        return None
+    return open_storage(storage)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -11,55 +10,32 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from tunebook._checks import STEP_LIMIT, as_step
-from tunebook.study._schema import metrics as metrics_table
-from tunebook.study._schema import trials as trials_table
-from tunebook.study._storage import run_transaction
+from tunebook.study._contract import LeaseLostError, StudyStorage
 
 if TYPE_CHECKING:
     from tunebook.study._study import Study
 
 STATES = ("pending", "running", "complete", "infeasible", "failed")
 
-
-class LeaseLostError(RuntimeError):
-    """This worker's claim on a trial is gone: its lease expired and another worker
-    claimed the trial, or the trial was already finished."""
-
-
-_UPSERTS: dict[str, Any] = {}
-
-
-def _upsert_metrics(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    dialect = connection.dialect.name
-    statement = _UPSERTS.get(dialect)
-    if statement is None:
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        statement = insert(metrics_table)
-        statement = statement.on_conflict_do_update(
-            index_elements=["trial_id", "name", "step"], set_={"value": statement.excluded.value}
-        )
-        _UPSERTS[dialect] = statement
-    connection.execute(statement, rows)
-
-
-def _stored(value: float) -> float | None:
-    return None if math.isnan(value) else value
+__all__ = ["STATES", "LeaseLostError", "Trial", "TrialRecord"]
 
 
 class Trial:
     """A trial claimed by this worker through :meth:`Study.ask`.
 
     Attributes:
-        index: the trial number; its parameters are point ``index`` of the study's
-            Halton sequence.
+        index: the trial number, unique in the study.
         params: the hyperparameters, a dict.
+        seed: the training seed for this trial's RNGs (model initialisation, data
+            order, dropout), in ``[0, 2**31)``: derived from the study seed and the
+            trial, stable forever (see :mod:`tunebook.study._seeds`). Replicates of a
+            trial have the same params and other seeds.
+        kind: ``"quasirandom"`` (a Halton point), ``"replicate"`` (see
+            :meth:`Study.rerun`) or ``"exploit"`` (see :meth:`Study.exploit`).
+        point: the Halton index of a quasi-random trial, else None.
+        parent: the trial a replicate repeats, else None.
         study: the study.
         worker: this worker's name.
 
@@ -76,6 +52,7 @@ class Trial:
     def __init__(
         self,
         study: Study,
+        storage: StudyStorage,
         trial_id: int,
         index: int,
         params: dict[str, Any],
@@ -83,12 +60,20 @@ class Trial:
         worker: str,
         lease_seconds: float,
         *,
+        metric: str,
+        mode: str,
         heartbeat: bool = False,
+        kind: str = "quasirandom",
+        point: int | None = None,
+        parent: int | None = None,
+        seed: int | None = None,
         flush_every: int = 256,
         flush_seconds: float = 2.0,
     ) -> None:
         self.study, self.index, self.params = study, index, params
+        self.kind, self.point, self.parent, self.seed = kind, point, parent, seed
         self.worker, self.lease_seconds = worker, lease_seconds
+        self._storage, self._metric, self._mode = storage, metric, mode
         self._id, self._claim = trial_id, claim
         self._buffer: dict[tuple[str, int], float] = {}
         self._metric_names: set[str] = set()  # names already checked
@@ -192,43 +177,17 @@ class Trial:
 
     def _write(self, state: str | None, reason: str | None = None) -> None:
         with self._write_lock:
-            rows = [
-                {"trial_id": self._id, "name": name, "step": step, "value": _stored(value)}
-                for (name, step), value in self._buffer.items()
-            ]
-            study = self.study
-
-            def work(connection: Connection) -> None:
-                now = time.time()
-                params: dict[str, Any] = {
-                    "b_id": self._id,
-                    "b_claim": self._claim,
-                    "b_now": now,
-                    "b_lease": None if state is not None else now + self.lease_seconds,
-                }
-                if rows or state is not None:
-                    if rows:
-                        _upsert_metrics(connection, rows)
-                    # The best (step, value) is recomputed inside the UPDATE, from
-                    # everything stored: exact even after re-reports and reclaims.
-                    params["b_name"] = study.metric
-                    if state is not None:
-                        params.update(b_state=state, b_reason=reason or None)
-                        statement = _FINISH[study.mode]
-                    else:
-                        statement = _RENEW_WITH_BEST[study.mode]
+            values = [(name, step, value) for (name, step), value in self._buffer.items()]
+            try:
+                if state is not None:
+                    self._storage.finish(self._id, self._claim, state, reason, values, self._metric, self._mode)
                 else:
-                    statement = _RENEW
-                # The UPDATE checks this worker still holds the claim; on PostgreSQL it
-                # also waits for (and then sees) a concurrent reclaim. If the claim is
-                # gone, raising rolls back the metric writes above.
-                if connection.execute(statement, params).rowcount != 1:
-                    raise LeaseLostError(
-                        f"trial {self.index} of study {study.name!r} is no longer claimed by {self.worker!r} "
-                        f"(lease expired and reclaimed, or already finished)"
-                    )
-
-            run_transaction(study.engine, work, write=True)
+                    self._storage.report(self._id, self._claim, values, self.lease_seconds, self._metric, self._mode)
+            except LeaseLostError:
+                raise LeaseLostError(
+                    f"trial {self.index} of study {self.study.name!r} is no longer claimed by {self.worker!r} "
+                    f"(lease expired and reclaimed, or already finished)"
+                ) from None
             self._buffer.clear()
             self._last_flush = time.monotonic()
 
@@ -261,48 +220,9 @@ class Trial:
             self.complete()
 
     def __repr__(self) -> str:
-        return f"Trial(study={self.study.name!r}, index={self.index}, state={self.state!r}, params={self.params})"
-
-
-def _best_query(mode: str, column: sa.Column) -> sa.ScalarSelect:
-    """The best finite value of the study metric for the trial being updated (a
-    correlated subquery): finite values only, ties to the earlier step."""
-    value = metrics_table.c.value
-    finite = (
-        (metrics_table.c.trial_id == trials_table.c.id)
-        & (metrics_table.c.name == sa.bindparam("b_name"))
-        & value.is_not(None)
-        & (value > -math.inf)
-        & (value < math.inf)
-    )
-    order = value.asc() if mode == "min" else value.desc()
-    return (
-        sa.select(column).where(finite).order_by(order, metrics_table.c.step.asc()).limit(1).scalar_subquery()
-    )
-
-
-# Statements built once: constructing SQLAlchemy expressions per call costs more than
-# running them on SQLite.
-_OWNED = (
-    (trials_table.c.id == sa.bindparam("b_id"))
-    & (trials_table.c.claim == sa.bindparam("b_claim"))
-    & (trials_table.c.state == "running")
-)
-_RENEW = trials_table.update().where(_OWNED).values(
-    updated_at=sa.bindparam("b_now"), lease_expires=sa.bindparam("b_lease")
-)
-_RENEW_WITH_BEST = {
-    mode: _RENEW.values(
-        best_step=_best_query(mode, metrics_table.c.step), best_value=_best_query(mode, metrics_table.c.value)
-    )
-    for mode in ("min", "max")
-}
-_FINISH = {
-    mode: statement.values(
-        state=sa.bindparam("b_state"), finished_at=sa.bindparam("b_now"), reason=sa.bindparam("b_reason")
-    )
-    for mode, statement in _RENEW_WITH_BEST.items()
-}
+        extra = f", parent={self.parent}" if self.parent is not None else ""
+        return (f"Trial(study={self.study.name!r}, index={self.index}, kind={self.kind!r}{extra}, "
+                f"state={self.state!r}, seed={self.seed}, params={self.params})")
 
 
 @dataclass(frozen=True)
@@ -318,6 +238,7 @@ class TrialRecord:
             values only, ties to the earlier step) and that step; None if none.
         metric_names: the metrics it reported.
         worker, reason, attempts, started_at, finished_at: bookkeeping.
+        kind, point, parent, seed: as on :class:`Trial`.
     """
 
     index: int
@@ -331,6 +252,10 @@ class TrialRecord:
     attempts: int = 1
     started_at: float | None = None
     finished_at: float | None = None
+    kind: str = "quasirandom"
+    point: int | None = None
+    parent: int | None = None
+    seed: int | None = None
     _history: Callable[[int, str], tuple[np.ndarray, np.ndarray]] | None = field(
         default=None, repr=False, compare=False
     )
