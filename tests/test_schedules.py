@@ -582,3 +582,10 @@ def test_device_schedule_tabulates_plain_python_functions():
         DeviceSchedule(opt, lambda s: "fast", 3)
     with pytest.raises(ValueError, match="is nan at step 2"):
         DeviceSchedule(opt, lambda s: math.nan if s == 2 else 0.1, 4)
+
+
+def test_lr_range_schedule_refuses_a_size_it_cannot_hold():
+    # hypothesis found num_steps=2**31: a 16 GiB array and a MemoryError instead of a clear error.
+    with pytest.raises(ValueError, match="num_steps"):
+        sch.lr_range_schedule(1e-4, 1.0, 2**31)
+    assert len(sch.lr_range_schedule(1e-4, 1.0, 1000)) == 1000

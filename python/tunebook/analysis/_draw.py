@@ -277,7 +277,7 @@ def sampled_enough_plot(data: SampledEnoughData) -> Any:
     ax.set_ylabel(f"best {data.metric} of k trials")
     ax.set_title("have we sampled enough? (bootstrap of the best of k)", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    if groups:
+    if ax.get_legend_handles_labels()[0]:  # a group with no finite value draws no box
         ax.legend(fontsize=7)
     return figure
 

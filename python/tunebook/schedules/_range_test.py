@@ -35,12 +35,19 @@ class LRRangeTest(NamedTuple):
     suggested_range: tuple[float, float]
 
 
+MAX_RANGE_TEST_STEPS = 10_000_000
+
+
 def lr_range_schedule(min_lr: float, max_lr: float, num_steps: int, mode: str = "exponential") -> np.ndarray:
     r"""The learning rates of a range test: :math:`\eta_i = \eta_{\min}(\eta_{\max}/\eta_{\min})^{i/(n-1)}`
     (``"exponential"``) or evenly spaced (``"linear"``), for :math:`i = 0..n-1`."""
     min_lr = check_positive("min_lr", min_lr)
     max_lr = check_positive("max_lr", max_lr)
     num_steps = check_int("num_steps", num_steps, 2)
+    if num_steps > MAX_RANGE_TEST_STEPS:
+        # The schedule is materialised as an array: refuse a size that cannot be a range
+        # test (a few hundred steps) before it turns into a MemoryError.
+        raise ValueError(f"{num_steps=} must be <= {MAX_RANGE_TEST_STEPS} (a range test takes a few hundred steps)")
     if max_lr <= min_lr:
         raise ValueError(f"{max_lr=} must be > {min_lr=}")
     if mode == "exponential":
