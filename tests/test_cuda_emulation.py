@@ -4,10 +4,12 @@ tests/cuda_emulation/emulate_kernels.cpp includes csrc/cuda/{adam,grad_norm,sgd,
 TUNEBOOK_HOST_EMULATION, which turns each kernel launch into a loop over blocks and threads
 (512 per block, as on the GPU). It runs every family over 961 tensors (chunk edges, every
 tail length, an empty tensor, misaligned operands, more tensors than one launch's table),
-every (param, state) dtype pair, the rules and options, a skipped step and tensor learning
-rates, and compares params, states, steps and mu products bit for bit with a per-element
-loop over the same csrc/optim_math.h functions; the global sum of squares (three dtypes,
-two launches of one dtype, one partials workspace) is checked against float64. Device numerics are left to
+every (param, state) dtype pair (float64 params in double math included), the rules and
+options, a skipped step, tensor learning rates and GradScaler's unscaled-gradient store,
+and compares params, grads, states, steps and mu products bit for bit with a per-element
+loop over the same csrc/optim_math.h functions; the global sum of squares (four dtypes,
+two launches of one dtype, one partials workspace) is checked against float64, and a sum
+above the float32 maximum must round to inf. Device numerics are left to
 tests/test_optim_cuda.py on a GPU.
 """
 
@@ -41,4 +43,4 @@ def test_kernels_emulated_on_the_host_match_the_per_element_math(tmp_path):
     run = subprocess.run([str(binary)], capture_output=True, text=True, check=False,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "all 34 checks passed" in run.stdout, run.stdout
+    assert "all 48 checks passed" in run.stdout, run.stdout

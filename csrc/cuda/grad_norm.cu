@@ -51,17 +51,22 @@ __device__ __forceinline__ double block_sum(double value) {
 #endif
 }
 
+__device__ __forceinline__ float add_square(float x, float acc) { return fmaf(x, x, acc); }
+__device__ __forceinline__ double add_square(double x, double acc) { return fma(x, x, acc); }
+
+// Per-thread accumulation in the grads' opmath type: float, double for float64 grads.
 template <typename G>
 struct SquaresBody {
+  using A = typename math::OpMath<G>::type;
   const G* g;
-  float acc[kILP];
+  A acc[kILP];
 
   template <bool V>
   __device__ __forceinline__ void run(const Access& a) {
-    float r[kILP];
+    A r[kILP];
     load<V>(r, g, a);  // padding elements of the scalar path load as 0
 #pragma unroll
-    for (int j = 0; j < kILP; ++j) acc[j] = fmaf(r[j], r[j], acc[j]);
+    for (int j = 0; j < kILP; ++j) acc[j] = add_square(r[j], acc[j]);
   }
 };
 
@@ -69,7 +74,7 @@ template <typename G>
 struct SquaresFunctor {
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, const ChunkRef& ref,
                                              double* partials) const {
-    SquaresBody<G> body{chunk_ptr<const G>(meta, 0, ref), {0.0f, 0.0f, 0.0f, 0.0f}};
+    SquaresBody<G> body{chunk_ptr<const G>(meta, 0, ref), {0, 0, 0, 0}};
     for_each_in_chunk(ref.n, is_vector_aligned<G>(body.g), body);
     const double mine = static_cast<double>((body.acc[0] + body.acc[1]) +
                                             (body.acc[2] + body.acc[3]));
@@ -103,6 +108,9 @@ int64_t launch_grad_sq_norm_partials(const TensorTable& grads, DType dtype, doub
     case DType::kFloat16:
       return multi_tensor_apply<1>(grads, stream, block_base, "grad_sq_norm",
                                    SquaresFunctor<__half>{}, partials);
+    case DType::kFloat64:
+      return multi_tensor_apply<1>(grads, stream, block_base, "grad_sq_norm",
+                                   SquaresFunctor<double>{}, partials);
   }
   return 0;
 }
