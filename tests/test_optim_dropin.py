@@ -362,13 +362,22 @@ def test_sgd_without_momentum_keeps_no_state():
 
 
 # ---------------------------------------------------------------- 9. torch.compile
-@pytest.mark.parametrize("fullgraph", [False, True], ids=["graph", "fullgraph"])
-def test_torch_compile_of_a_step_works_on_the_first_call(fullgraph):
+@pytest.mark.parametrize(
+    "name,fullgraph",
+    [("adam", False)] + [(name, True) for name in FAMILIES],
+    ids=["adam-graph"] + [f"{name}-fullgraph" for name in FAMILIES],
+)
+def test_torch_compile_of_a_step_works_on_the_first_call(name, fullgraph):
+    """torch.compile of a function calling opt.step(): the first call compiles (state is
+    created by `_init_group`, which dynamo runs eagerly) and later calls match eager steps
+    bit for bit; fullgraph=True too (torch.optim's own step graph-breaks on purpose)."""
     torch._dynamo.reset()
+    cls, _, kwargs = FAMILIES[name]
     models = [_mlp(), _mlp()]
-    opts = [tbo.Adam(m.parameters(), lr=0.01, max_grad_norm=0.1) for m in models]
+    opts = [cls(m.parameters(), **kwargs, max_grad_norm=0.1) for m in models]
 
-    @torch.compile(fullgraph=fullgraph, backend="eager")
+    # aot_eager: dynamo tracing plus AOT autograd's functionalization of the mutating ops.
+    @torch.compile(fullgraph=fullgraph, backend="aot_eager")
     def compiled_step():
         opts[0].step()
 
@@ -458,6 +467,8 @@ def test_small_differences_from_torch_are_gone():
     assert opt.max_grad_norm == 1.0 and type(opt.max_grad_norm) is float
     with pytest.raises(TypeError, match="max_grad_norm"):
         tbo.SGD([p], lr=0.1, max_grad_norm="1")
+    with pytest.raises(ValueError, match="rule"):  # a group's own rule is checked too
+        tbo.Adam([{"params": [p], "rule": "optax"}])
 
 
 def test_meta_params_fused_error_and_materialisation():

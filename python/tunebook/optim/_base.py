@@ -46,6 +46,7 @@ from torch.optim import Optimizer
 
 from . import _functional as F
 from ._build import library_backends
+from ._common_doc import check_rule
 
 __all__ = ["FusedOptimizer", "GradNormLog", "DEFAULT_NORM_LOG_CAPACITY"]
 
@@ -214,6 +215,8 @@ class FusedOptimizer(Optimizer):
                         f"{name}: params must be floating point or complex (float32, bfloat16, "
                         f"float16, float64, complex64, complex128), got a {p.dtype} param"
                     )
+        if "rule" in param_group and "rule" in self.defaults:
+            check_rule(param_group["rule"])
         super().add_param_group(param_group)
         self._invalidate_plans()
 
