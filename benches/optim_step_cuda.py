@@ -1,12 +1,14 @@
 """GPU optimizer-step benchmark: tunebook's CUDA kernels against torch, in one process.
 
 Cases (the goals of the CUDA issue):
-  adam-1B      Adam + clipping + norm log on ~1B float32 params (a few large tensors),
-               against clip_grad_norm_ + torch.optim.Adam(fused=True).
+  adam-1B      Adam + clipping + norm log on float32 params (8 large tensors; --params, or
+               "auto": the largest size that fits beside torch's run, 40% of free memory at
+               16 bytes per param), against clip_grad_norm_ + torch.optim.Adam(fused=True).
   rmsprop/nadam  ~256M float32 params, against clip_grad_norm_ + torch foreach (torch has
                no fused RMSprop/NAdam).
   adam-2000    ~2000 small tensors (a transformer-like mix), against clip + fused Adam; also
-               counts the kernel launches of one step of each (torch.profiler).
+               counts the kernel launches of one step of each (torch.profiler), and times
+               both captured in a CUDA graph (no host overhead: the kernels alone).
   adam-bf16    bf16 params, float32 moments (the ops directly), and bf16 params with bf16
                state through tunebook.optim.Adam.
 
@@ -15,15 +17,22 @@ case is the bytes a step must move (the norm pass reads every grad once, the upd
 params, grads and state and writes params and state) divided by the measured device-to-device
 copy bandwidth (torch's copy_ of a 2 GiB buffer: read + write bytes / time).
 
-Usage: python benches/optim_step_cuda.py [--params 1e9] [--cases adam-1B,adam-2000] [--steps 20]
-Prints a note and exits 0 when no GPU is present.
+Usage: python benches/optim_step_cuda.py [--quick] [--params 1e9|auto] [--cases adam-1B,adam-2000]
+       [--steps 20] [--json rows.json] [--dry-run]
+--quick: 10 timed steps after 2 warm-ups, --params auto capped at 4e9, 1.28e8 params for the
+other large cases: about 2 minutes on an H200 (the one-shot GPU check, scripts/gpu_check.sh).
+A case that fails prints its error as a row and the others still run. --dry-run checks the
+arguments and prints the plan without a GPU. Prints a note and exits 0 when no GPU is present.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
+import time
+import traceback
 
 import torch
 
@@ -103,14 +112,15 @@ def case_adam_large(n_params: int, bw: float, args) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         torch_opt.step()
 
+    label = f"adam-{n / 1e9:.2g}B"
     torch_ms = timed(torch_step, args.steps, args.warmup)
-    report("adam-1B", "clip_grad_norm_ + Adam(fused)", torch_ms, 32, n, bw)
+    report(label, "clip_grad_norm_ + Adam(fused)", torch_ms, 32, n, bw)
     del torch_opt
     free()
     tb_opt = tbo.Adam(params, lr=1e-3, max_grad_norm=1.0)
     assert tb_opt.backend == "cuda", tb_opt.backend
     tb_ms = timed(tb_opt.step, args.steps, args.warmup)
-    report("adam-1B", "tunebook Adam (clip + log)", tb_ms, 32, n, bw, torch_ms)
+    report(label, "tunebook Adam (clip + log)", tb_ms, 32, n, bw, torch_ms)
     del tb_opt, params
     free()
 
@@ -174,8 +184,34 @@ def case_many_small(bw: float, args) -> None:
     tb_ms = timed(tb_opt.step, args.steps, args.warmup)
     report(f"adam-{len(sizes)}", "tunebook Adam (clip + log)", tb_ms, 32, n, bw, torch_ms,
            launches=kernel_launches(tb_opt.step))
-    del tb_opt, params
+    # Both captured in a CUDA graph: the GPU time alone, without Python and dispatch.
+    graph_ms = timed(graphed(tb_opt.step), args.steps, args.warmup)
+    del tb_opt
     free()
+    torch_opt = torch.optim.Adam(params, lr=torch.tensor(1e-3, device="cuda"), fused=True,
+                                 capturable=True)
+    torch_graph_ms = timed(graphed(torch_step), args.steps, args.warmup)
+    report(f"adam-{len(sizes)}", "clip_grad_norm_ + Adam(fused), CUDA graph", torch_graph_ms,
+           32, n, bw)
+    report(f"adam-{len(sizes)}", "tunebook Adam (clip + log), CUDA graph", graph_ms, 32, n, bw,
+           torch_graph_ms)
+    del torch_opt, params
+    free()
+
+
+def graphed(step):
+    """`step` captured once into a CUDA graph (after 2 eager warm-up calls on a side
+    stream); returns the graph's replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def case_bf16(n_params: int, bw: float, args) -> None:
@@ -222,15 +258,74 @@ def case_bf16(n_params: int, bw: float, args) -> None:
     free()
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=float, default=1e9, help="params of the adam-1B case")
-    parser.add_argument("--foreach-params", type=float, default=2.56e8,
-                        help="params of the rmsprop/nadam/bf16 cases")
+    parser.add_argument("--quick", action="store_true",
+                        help="10 steps, 2 warm-ups, smaller cases: ~2 minutes on an H200")
+    parser.add_argument("--params", default=None,
+                        help='params of the large Adam case, or "auto" (default 1e9; '
+                             '--quick: auto, at most 4e9)')
+    parser.add_argument("--foreach-params", type=float, default=None,
+                        help="params of the rmsprop/nadam/bf16 cases (default 2.56e8; "
+                             "--quick: 1.28e8)")
     parser.add_argument("--cases", default="adam-1B,rmsprop,nadam,adam-2000,adam-bf16")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 3)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the arguments and print the plan; needs no GPU")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.steps = args.steps if args.steps is not None else (10 if quick else 20)
+    args.warmup = args.warmup if args.warmup is not None else (2 if quick else 3)
+    args.params = args.params if args.params is not None else ("auto" if quick else "1e9")
+    if args.params != "auto":
+        try:
+            args.params = float(args.params)
+        except ValueError:
+            parser.error(f'--params must be a number or "auto", got {args.params!r}')
+        if args.params < 8:
+            parser.error(f"--params must be >= 8, got {args.params:g}")
+    args.max_auto_params = 4e9 if quick else 16e9
+    if args.foreach_params is None:
+        args.foreach_params = 1.28e8 if quick else 2.56e8
+    known = {"adam-1B", "rmsprop", "nadam", "adam-2000", "adam-bf16"}
+    args.case_list = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(args.case_list) - known)
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {sorted(known)}")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
+    return args
+
+
+def auto_params(limit: float) -> int:
+    """The largest Adam case that fits: 40% of free memory at 16 bytes per param (params,
+    grads and two moments), leaving the rest for torch's clip_grad_norm_ temporaries."""
+    free_bytes, _ = torch.cuda.mem_get_info()
+    return int(min(limit, 0.4 * free_bytes / 16)) // 8 * 8
+
+
+def run_case(name: str, fn, *fn_args) -> None:
+    """Runs one case; a failure becomes a row with the error, and the next case runs."""
+    start = time.perf_counter()
+    try:
+        fn(*fn_args)
+    except Exception as error:  # noqa: BLE001 - report and go on: GPU time is scarce
+        traceback.print_exc()
+        ROWS.append((name, f"FAILED: {type(error).__name__}: {error}"[:200], float("nan"),
+                     float("nan"), float("nan"), None, None))
+        free()
+    print(f"  {name}: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.dry_run:
+        print(f"optim_step_cuda (dry run): cases {args.case_list}, params {args.params} "
+              f"(auto cap {args.max_auto_params:g}), foreach params {args.foreach_params:g}, "
+              f"{args.steps} steps after {args.warmup} warm-ups, json {args.json}")
+        return
     if not torch.cuda.is_available():
         print("optim_step_cuda: no CUDA GPU visible, nothing to measure "
               "(the CPU benchmark is benches/optim_step.py)")
@@ -242,17 +337,19 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     bw = copy_bandwidth()
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-          f"CUDA {torch.version.cuda}  device-to-device copy: {bw:.0f} GB/s")
-    cases = args.cases.split(",")
+          f"CUDA {torch.version.cuda}  device-to-device copy: {bw:.0f} GB/s", flush=True)
+    cases = args.case_list
     if "adam-1B" in cases:
-        case_adam_large(int(args.params), bw, args)
+        n = auto_params(args.max_auto_params) if args.params == "auto" else int(args.params)
+        print(f"  adam large case: {n / 1e9:.2f}B params", flush=True)
+        run_case("adam-large", case_adam_large, n, bw, args)
     for name in ("rmsprop", "nadam"):
         if name in cases:
-            case_foreach_family(name, int(args.foreach_params), bw, args)
+            run_case(name, case_foreach_family, name, int(args.foreach_params), bw, args)
     if "adam-2000" in cases:
-        case_many_small(bw, args)
+        run_case("adam-2000", case_many_small, bw, args)
     if "adam-bf16" in cases:
-        case_bf16(int(args.foreach_params), bw, args)
+        run_case("adam-bf16", case_bf16, int(args.foreach_params), bw, args)
     header = (f"{'case':<10} {'implementation':<42} {'ms':>9} {'GB/s':>7} {'floor':>6} "
               f"{'speedup':>8} {'launches':>8}")
     print(header)
@@ -261,6 +358,20 @@ def main() -> None:
         print(f"{case:<10} {impl:<42} {ms:9.3f} {gbs:7.0f} {frac:6.0%} "
               f"{'' if speedup is None else f'{speedup:7.2f}x':>8} "
               f"{'' if launches is None else launches:>8}")
+    print("\nMarkdown (benches/README.md):\n")
+    print("| case | implementation | ms | GB/s | share of copy floor | speed-up | launches |")
+    print("|---|---|--:|--:|--:|--:|--:|")
+    for case, impl, ms, gbs, frac, speedup, launches in ROWS:
+        print(f"| {case} | {impl} | {ms:.3f} | {gbs:.0f} | {frac:.0%} | "
+              f"{'' if speedup is None else f'{speedup:.2f}x'} | "
+              f"{'' if launches is None else launches} |")
+    if args.json:
+        info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                "cuda": torch.version.cuda, "copy_GBps": bw, "args": vars(args)}
+        rows = [dict(zip(("case", "implementation", "ms", "GBps", "floor_share", "speedup",
+                          "launches"), row)) for row in ROWS]
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": rows}, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ process, and then checks that loading the library registered a CUDA kernel for e
 schema, so this also checks every registration. The build is cached like any other, so a
 second run only loads it.
 
+``test_kernels_keep_their_register_cap_and_never_spill`` compiles the same sources to cubins
+with ``-Xptxas -v`` (tests/cuda_resources.py, cached the same way) and checks each kernel's
+registers, register cap, stack frame and spills.
+
 nvcc comes from ``$CUDA_HOME``, the ``cuda-toolkit[nvcc,...]`` wheel (``nvidia/cu13/``),
 ``/usr/local/cuda`` or PATH (see ``tunebook.optim._cuda_toolkit``). Without one the test
 skips and says how to install it.
@@ -23,7 +27,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tunebook.optim._cuda_toolkit import cuda_home, install_hint
+from tunebook.optim._cuda_toolkit import cuda_home, find_toolkit, install_hint, toolkit_problem
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
@@ -62,3 +66,35 @@ def test_jit_build_with_cuda_links_and_registers_every_op():
                           env=env, timeout=1500, check=False)
     assert proc.returncode == 0, f"CUDA build failed:\n{(proc.stdout + proc.stderr)[-8000:]}"
     assert f"registered {len(names)}" in proc.stdout
+
+
+def test_kernels_keep_their_register_cap_and_never_spill():
+    """ptxas's report for sm_90, kernel by kernel (tests/cuda_resources.py): the multi-tensor
+    kernels carry their register cap in the PTX (64 for the updates: 2 blocks of 512 per
+    SM; 32 for the norm pass: 4 blocks), stay within it, and no kernel spills or has a stack
+    frame. Without the cap a newer nvcc could take up to 128 registers and halve the
+    resident blocks; a spill puts local-memory traffic into a bandwidth-bound loop."""
+    from cuda_resources import kernel_resources, summary
+
+    found = find_toolkit()
+    if found is None:
+        pytest.skip(f"no usable nvcc: {toolkit_problem()}")
+    rows = kernel_resources(found.home / "bin" / "nvcc", found.version, "sm_90")
+    table = summary(rows)
+    print(f"nvcc {found.version}, sm_90\n{table}")  # shown with -rP / -s
+    assert len(rows) >= 150, f"expected every kernel instantiation, got {len(rows)}\n{table}"
+    problems = []
+    for row in rows:
+        if row.spill_stores or row.spill_loads or row.stack_frame:
+            problems.append(f"{row.name}: {row.stack_frame} B stack, {row.spill_stores}/"
+                            f"{row.spill_loads} B spill stores/loads")
+        if "multi_tensor_kernel" in row.name:
+            cap = 32 if "SquaresFunctor" in row.name else 64
+            pinned = row.max_registers == cap or (
+                row.max_registers is None and row.min_blocks == 65536 // (512 * cap))
+            if not pinned:
+                problems.append(f"{row.name}: .maxnreg {row.max_registers}, .minnctapersm "
+                                f"{row.min_blocks}; expected a {cap}-register cap")
+            if row.registers > cap:
+                problems.append(f"{row.name}: {row.registers} registers > {cap}")
+    assert not problems, "\n".join(problems[:20]) + f"\n\n{table}"

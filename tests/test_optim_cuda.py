@@ -4,8 +4,13 @@ The oracle is torch.optim's single-tensor implementation (``foreach=False``) run
 GPU, preceded by ``clip_grad_norm_`` when clipping is on; GradScaler runs are checked against
 ``torch.optim.Adam(fused=True)``, which honours ``grad_scale``/``found_inf`` the same way.
 GPU-only checks: capture and replay of a whole training step (forward, backward, GradScaler,
-clipping, the norm log) in a CUDA graph; launches per step; 64-bit indexing past 2^31
-elements; misaligned views and chunk boundaries; bf16/fp16 params with float32 state.
+clipping, the norm log) in a CUDA graph, and of every family's step (device lr rewritten
+between replays, 1000 tensors, the first step); launches per step per family; 64-bit
+indexing past 2^31 elements; misaligned views and chunk boundaries; bf16/fp16 params with
+float32 state for every family; mixed-dtype groups; a norm above the float32 maximum;
+``.grad`` and ``_version`` after ``scaler.step`` against torch's fused Adam; params on
+cuda:1 while cuda:0 is current; channels_last params; torch.compile of a step;
+compute-sanitizer memcheck and racecheck.
 
 Every test skips when ``torch.cuda.is_available()`` is False. ``TUNEBOOK_CUDA_TESTS_ON_CPU=1``
 runs the device-agnostic ones with the CPU kernels instead, to check the tests themselves on a
@@ -17,6 +22,11 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -625,3 +635,500 @@ def test_64bit_indexing_past_two_to_the_31_elements():
     assert torch.equal(got[-5:].float(), 1.0 - tail.float())
     del p, got, opt
     torch.cuda.empty_cache()
+
+
+# ================================================================ GPU-only checks (issue 14)
+# Each test below stands alone (its own params, optimizers and seeds) and says in its
+# failure message what went wrong, so that one GPU run gives a readable report. The ones
+# that need no GPU feature beyond the kernels also run with TUNEBOOK_CUDA_TESTS_ON_CPU=1.
+
+
+def _snapshot(opt, params):
+    """Copies of every param and state tensor, to check a skipped step changed nothing."""
+    return ([p.detach().clone() for p in params],
+            {(i, k): v.clone() for i, p in enumerate(params) for k, v in opt.state[p].items()})
+
+
+def _assert_unchanged(opt, params, snapshot, what):
+    before, state_before = snapshot
+    for i, (a, p) in enumerate(zip(before, params)):
+        assert torch.equal(a, p.detach()), f"{what}: param {i} changed"
+    for i, p in enumerate(params):
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, state_before[(i, k)]), f"{what}: state[{k!r}] of param {i} changed"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_finite_grads_whose_norm_overflows_float32_skip_the_step(name, dtype):
+    """Every gradient element finite (1e20 fits float32 and bf16), but the sum of squares
+    (4e40) is above the float32 maximum: the norm is inf, the step is skipped and counted,
+    nothing changes, and the next ordinary step goes ahead. (The CPU kernels must do the
+    same: the contract is one for both backends.)"""
+    _, tb_cls, _, kwargs = CASE[name]
+    groups = make_params(12, DEVICE, dtype=dtype)
+    params = [p for g in groups for p in g]
+    opt = tb_cls(param_groups(groups, kwargs), **kwargs, backend=BACKEND, max_grad_norm=1.0)
+    set_grads(groups, grads_for_step(groups, 0, 12))
+    opt.step()
+    grads = grads_for_step(groups, 1, 12)
+    grads[1][0].view(-1)[:4] = 1e20
+    set_grads(groups, grads)
+    assert all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+    snapshot = _snapshot(opt, params)
+    opt.step()
+    _assert_unchanged(opt, params, snapshot, "a step whose norm overflows float32")
+    log = opt.grad_norms()
+    assert (log.steps, log.skipped) == (2, 1), f"steps/skipped = {log.steps}/{log.skipped}"
+    assert float(log.norms[-1]) == math.inf, f"logged norm {float(log.norms[-1])}, expected inf"
+    set_grads(groups, grads_for_step(groups, 2, 12))
+    opt.step()
+    log = opt.grad_norms()
+    assert (log.steps, log.skipped) == (3, 1) and math.isfinite(float(log.norms[-1]))
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(snapshot[0], params)), (
+        "the step after the skipped one changed nothing")
+
+
+@gpu_only
+def test_grad_scaler_step_leaves_grads_and_version_counters_as_torch_fused_adam():
+    """What GradScaler users see after ``scaler.step(opt)``: the ``.grad`` tensors (torch's
+    fused Adam writes the unscaled gradient back) and how far each param's, grad's and
+    state tensor's ``_version`` moved (autograd's in-place checks and torch.compile read
+    them). Compared, step by step, with torch.optim.Adam(fused=True) on the same GPU."""
+    params = [p for g in make_params(6, "cuda") for p in g if p.numel() > 0]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    opt = tbo.Adam(params, lr=0.01, backend="cuda")
+    topt = torch.optim.Adam(ref, lr=0.01, fused=True)
+    scalers = [torch.amp.GradScaler("cuda", init_scale=2.0**12) for _ in range(2)]
+    for step in range(3):
+        seen = []
+        for o, ps, scaler in ((opt, params, scalers[0]), (topt, ref, scalers[1])):
+            o.zero_grad(set_to_none=True)
+            scaler.scale(_scaled_losses(ps, step, False)).backward()
+            state_versions = [{k: v._version for k, v in o.state[p].items()} for p in ps]
+            versions = [(p._version, p.grad._version) for p in ps]
+            scaler.step(o)
+            scaler.update()
+            torch.cuda.synchronize()
+            moved = [(p._version - a, p.grad._version - b) for p, (a, b) in zip(ps, versions)]
+            state_moved = [{k: v._version - before.get(k, v._version) for k, v in o.state[p].items()}
+                           for p, before in zip(ps, state_versions)]
+            seen.append(([p.grad.detach().clone() for p in ps], moved, state_moved))
+        (tb_grads, tb_moved, tb_state), (t_grads, t_moved, t_state) = seen
+        for i, (a, b) in enumerate(zip(tb_grads, t_grads)):
+            ratio = float((a.double().norm() / b.double().norm().clamp_min(1e-30)))
+            torch.testing.assert_close(
+                a, b, rtol=1e-6, atol=1e-7,
+                msg=lambda m, i=i, r=ratio: f"step {step}, param {i}: .grad after scaler.step "
+                f"differs from torch fused Adam's (norm ratio tunebook/torch {r:.6g}): {m}")
+        assert tb_moved == t_moved, (
+            f"step {step}: (param, grad) _version increments per param: tunebook {tb_moved}, "
+            f"torch fused Adam {t_moved}")
+        if step > 0:  # step 0 creates the state
+            assert tb_state == t_state, (
+                f"step {step}: state _version increments: tunebook {tb_state}, torch {t_state}")
+
+
+def _family_op_call(family, impl, params, grads, state, control):
+    """One update of `family` through `impl` (the compiled ops or the reference module),
+    with torch's defaults plus momentum/weight decay where the family has them."""
+    if family == "sgd":
+        impl.sgd_step_(params, grads, state["momentum_buffer"], control, None, 0.05, 0.9, 0.1,
+                       0.01, True, False, state.pop("first", False))
+    elif family == "rmsprop":
+        impl.rmsprop_step_(params, grads, state["square_avg"], state["grad_avg"],
+                           state["momentum_buffer"], state["step"], control, None, 1e-2, 0.99,
+                           1e-8, 0.01, 0.9, True, False, 0)
+    elif family == "nadam":
+        impl.nadam_step_(params, grads, state["exp_avg"], state["exp_avg_sq"],
+                         state["mu_product"], state["step"], control, None, 2e-3, 0.9, 0.999,
+                         1e-8, 0.01, 4e-3, False, False, 0)
+    else:
+        impl.adam_step_(params, grads, state["exp_avg"], state["exp_avg_sq"], [], state["step"],
+                        control, None, 1e-2, 0.9, 0.999, 1e-8, 0.01, False, False, True, 0)
+
+
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("family", ["sgd", "rmsprop", "nadam", "adam"])
+def test_low_precision_params_with_float32_state_every_family(family, param_dtype):
+    """bf16/fp16 params and grads with float32 state (master-weight style), through the
+    kernels and through the pure-torch reference ops on the same device, 6 steps with a
+    clip coefficient of 0.5: state agrees to float32 rounding, params to one rounding of
+    their dtype."""
+    from tunebook.optim import _reference
+
+    gen = torch.Generator().manual_seed(21)
+    sizes = [5, 65537, 1000, 3]
+    master = [torch.randn(n, generator=gen) for n in sizes]
+    grads_per_step = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(6)]
+    keys = {"sgd": ["momentum_buffer"],
+            "rmsprop": ["square_avg", "grad_avg", "momentum_buffer"],
+            "nadam": ["exp_avg", "exp_avg_sq"], "adam": ["exp_avg", "exp_avg_sq"]}[family]
+    out = {}
+    for name, impl in (("kernel", ops()), ("reference", _reference)):
+        params = [m.to(DEVICE, param_dtype) for m in master]
+        state = {k: [torch.zeros(n, device=DEVICE) for n in sizes] for k in keys}
+        state["step"] = [torch.zeros((), device=DEVICE) for _ in sizes]
+        state["mu_product"] = [torch.ones((), device=DEVICE) for _ in sizes]
+        state["first"] = True
+        control = torch.tensor([0.5, 0.0], device=DEVICE)
+        for grads in grads_per_step:
+            g = [x.to(DEVICE, param_dtype) for x in grads]
+            _family_op_call(family, impl, params, g, state, control)
+        out[name] = (params, {k: state[k] for k in keys})
+    (kp, ks), (rp, rs) = out["kernel"], out["reference"]
+    for i, (a, b) in enumerate(zip(kp, rp)):
+        assert a.dtype == param_dtype, f"param {i} became {a.dtype}"
+        _assert_nearly_identical(a, b)
+    for k in keys:
+        for i, (a, b) in enumerate(zip(ks[k], rs[k])):
+            assert a.dtype == torch.float32, f"state {k}[{i}] became {a.dtype}"
+            # The state reads the param (weight decay): where the two params are a rounding
+            # of their dtype apart, the state follows, by up to ~wd * eps * |p|.
+            loose = ~torch.isclose(a, b, rtol=1e-5, atol=1e-6)
+            assert int(loose.sum()) <= 1 + a.numel() // 200, (
+                f"state {k}[{i}]: {int(loose.sum())} of {a.numel()} elements differ")
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-4,
+                                       msg=lambda m, k=k, i=i: f"state {k}[{i}]: {m}")
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_mixed_dtype_param_groups_end_to_end(name):
+    """Three groups (float32; bf16; float16 plus one float32 param) in one optimizer with
+    clipping: one global norm over all dtypes (checked against float64), one update call per
+    group and dtype, and the same result as the reference path on the same device."""
+    _, tb_cls, _, kwargs = CASE[name]
+    lr = kwargs.get("lr", 1e-3)
+    layout = [[(torch.float32, (3, 4)), (torch.float32, (40000,))],
+              [(torch.bfloat16, (7, 3)), (torch.bfloat16, (65537,))],
+              [(torch.float16, (5,)), (torch.float32, (11,)), (torch.float16, (1000,))]]
+    gen = torch.Generator().manual_seed(31)
+    init = [[(torch.randn(s, generator=gen), dt) for dt, s in group] for group in layout]
+    grads = [[[torch.randn(s, generator=gen) * 0.3 for _, s in group] for group in layout]
+             for _ in range(8)]
+    runs = {}
+    for backend in (BACKEND, "reference"):
+        groups = [[x.to(DEVICE, dt).requires_grad_() for x, dt in group] for group in init]
+        spec = [dict(params=groups[0]), dict(params=groups[1], lr=lr * 0.5),
+                dict(params=groups[2], lr=lr * 2)]
+        opt = tb_cls(spec, **kwargs, backend=backend, max_grad_norm=5.0)
+        norms = []
+        for step_grads in grads:
+            for group, row in zip(groups, step_grads):
+                for p, g in zip(group, row):
+                    p.grad = g.to(DEVICE, p.dtype)
+            norms.append(math.sqrt(sum(float(p.grad.double().square().sum())
+                                       for group in groups for p in group)))
+            opt.step()
+        runs[backend] = (groups, opt, norms)
+    (groups, opt, norms), (ref_groups, ref_opt, _) = runs[BACKEND], runs["reference"]
+    log = opt.grad_norms()
+    assert log.steps == len(norms) and log.skipped == 0
+    torch.testing.assert_close(log.norms.double(), torch.tensor(norms, dtype=torch.float64),
+                               rtol=1e-5, atol=0, msg=lambda m: f"global norm: {m}")
+    assert log.clipped > 0, "max_grad_norm=5 should clip some of these steps"
+    for gi, (ga, gb) in enumerate(zip(groups, ref_groups)):
+        for pi, (a, b) in enumerate(zip(ga, gb)):
+            assert a.dtype == b.dtype
+            if a.dtype == torch.float32:
+                torch.testing.assert_close(a.detach(), b.detach(), **FLOAT32_TOL,
+                                           msg=lambda m, gi=gi, pi=pi: f"group {gi} param {pi}: {m}")
+            else:
+                _assert_nearly_identical(a.detach(), b.detach())
+
+
+def _graph_run(name, sizes, steps, warmup, max_grad_norm=1.0, seed=0):
+    """`steps` steps of CASE[name] with a device lr that changes every step: `warmup` eager
+    steps on a side stream, then one captured step replayed for the rest (grads and lr
+    rewritten in place before each replay). Returns (params, optimizer, grads per step,
+    lr per step, initial values)."""
+    _, tb_cls, _, kwargs = CASE[name]
+    kwargs = dict(kwargs)
+    base_lr = kwargs.pop("lr")
+    lrs = [base_lr * (1.0 - 0.08 * i) for i in range(steps)]
+    gen = torch.Generator().manual_seed(seed)
+    init = [torch.randn(n, generator=gen) for n in sizes]
+    grads = [[torch.randn(n, generator=gen) * 0.1 for n in sizes] for _ in range(steps)]
+    params = [x.cuda().requires_grad_() for x in init]
+    static_grads = [torch.zeros(n, device="cuda") for n in sizes]
+    for p, g in zip(params, static_grads):
+        p.grad = g
+    lr = torch.tensor(lrs[0], device="cuda")
+    opt = tb_cls(params, lr=lr, **kwargs, backend="cuda", max_grad_norm=max_grad_norm)
+
+    def load(i):
+        for sg, g in zip(static_grads, grads[i]):
+            sg.copy_(g)
+        lr.fill_(lrs[i])
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(warmup):
+            load(i)
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            opt.step()
+    except RuntimeError as error:
+        pytest.fail(f"capturing {tb_cls.__name__}.step() after {warmup} eager steps failed "
+                    f"(host copies or syncs inside step()?): {error}")
+    for i in range(warmup, steps):
+        load(i)
+        graph.replay()
+    torch.cuda.synchronize()
+    return params, opt, grads, lrs, init
+
+
+@gpu_only
+@pytest.mark.parametrize("scenario", ["device_lr", "1000_tensors", "first_step"])
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_cuda_graph_replays_match_torch(name, scenario):
+    """One captured step of every family (Adam with AMSGrad among them) replayed with new
+    grads and a device lr rewritten in place between replays, against torch's single-tensor
+    optimizer run eagerly with the same lr per step and clip_grad_norm_:
+      device_lr:    a few tensors, 2 warm-up steps, 6 replays;
+      1000_tensors: more tensors than one launch of any update kernel holds (541 Adam,
+                    624 RMSprop/NAdam, 902 SGD), so the graph holds several launches;
+      first_step:   the very first step is captured (no warm-up): state and buffers must
+                    be created without host copies, and replays must not redo their
+                    initialisation."""
+    sizes = {"device_lr": [5, 3, 65537, 1000, 130],
+             "1000_tensors": [1 + (i * 37) % 64 for i in range(1000)],
+             "first_step": [5, 3, 65537, 1000, 130]}[scenario]
+    warmup = 0 if scenario == "first_step" else 2
+    steps = 8
+    params, opt, grads, lrs, init = _graph_run(name, sizes, steps, warmup)
+    _, _, torch_cls, kwargs = CASE[name]
+    kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
+    ref = [x.cuda().requires_grad_() for x in init]
+    topt = torch_cls(ref, lr=lrs[0], **kwargs, foreach=False)
+    norms = []
+    for i in range(steps):
+        for r, g in zip(ref, grads[i]):
+            r.grad = g.cuda()
+        norms.append(math.sqrt(sum(float(g.double().square().sum()) for g in grads[i])))
+        torch.nn.utils.clip_grad_norm_(ref, 1.0, foreach=False)
+        topt.param_groups[0]["lr"] = lrs[i]
+        topt.step()
+    hint = (" (is state or buffer initialisation captured into the graph and redone by every "
+            "replay?)" if scenario == "first_step" else "")
+    log = opt.grad_norms()
+    assert log.steps == steps, (
+        f"{log.steps} steps logged, expected {steps} ({warmup} eager){hint}")
+    torch.testing.assert_close(log.norms.double(), torch.tensor(norms, dtype=torch.float64),
+                               rtol=1e-5, atol=0, msg=lambda m: f"logged norms{hint}: {m}")
+    try:
+        assert_states_close(opt, topt, [params], [ref], rtol=1e-4, atol=1e-6)
+    except AssertionError as error:
+        raise AssertionError(f"replayed steps differ from torch's eager ones{hint}: {error}") from None
+
+
+@gpu_only
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("name", ["adam_amsgrad_wd", "sgd_nesterov_wd", "rmsprop_centered_momentum_wd",
+                                  "nadam_decoupled"])
+def test_params_on_the_second_gpu_while_the_first_is_current(name):
+    """Every launch goes to the params' device and its current stream: nothing is allocated
+    on or launched to cuda:0, and the results equal torch's on cuda:1."""
+    _, tb_cls, torch_cls, kwargs = CASE[name]
+    torch.cuda.set_device(0)
+    groups = make_params(5, "cuda:1")
+    ref = clone_params(groups)
+    torch.cuda.synchronize(0)
+    allocated = torch.cuda.memory_allocated(0)
+    opt = tb_cls(param_groups(groups, kwargs), **kwargs, backend="cuda", max_grad_norm=250.0)
+    topt = torch_cls(param_groups(ref, kwargs), **kwargs, foreach=False)
+    for step in range(5):
+        grads = grads_for_step(groups, step, 5)
+        set_grads(groups, grads)
+        set_grads(ref, grads)
+        torch.nn.utils.clip_grad_norm_([p for g in ref for p in g if p.grad is not None], 250.0)
+        opt.step()
+        topt.step()
+    torch.cuda.synchronize(1)
+    assert torch.cuda.current_device() == 0, "the step changed the current device"
+    assert torch.cuda.memory_allocated(0) == allocated, "the step allocated memory on cuda:0"
+    for g in groups:
+        for p in g:
+            for k, v in opt.state[p].items():
+                assert v.device == p.device, f"state[{k!r}] on {v.device}, param on {p.device}"
+    assert_states_close(opt, topt, groups, ref, **FLOAT32_TOL)
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_channels_last_params(name):
+    """4-D conv weights in channels_last: the kernels read flat storage, so the update must
+    follow the params' layout; grads arrive channels_last (what autograd gives) or
+    contiguous (then copied into the param's layout). Against torch, param layout kept."""
+    _, tb_cls, torch_cls, kwargs = CASE[name]
+    gen = torch.Generator().manual_seed(41)
+    shapes = [(8, 4, 3, 3), (16, 8, 5, 5), (3, 2, 1, 1), (4, 3, 2, 7)]
+    params = [torch.randn(s, generator=gen).to(DEVICE).to(memory_format=torch.channels_last)
+              .requires_grad_() for s in shapes]
+    ref = [p.detach().clone(memory_format=torch.channels_last).requires_grad_() for p in params]
+    opt = tb_cls(params, **kwargs, backend=BACKEND, max_grad_norm=2.0)
+    topt = torch_cls(ref, **kwargs, foreach=False)
+    for step in range(6):
+        for i, (p, r) in enumerate(zip(params, ref)):
+            g = torch.randn(p.shape, generator=gen).to(DEVICE)
+            if (i + step) % 2 == 0:
+                g = g.contiguous(memory_format=torch.channels_last)
+            p.grad, r.grad = g.clone(), g.clone()
+        torch.nn.utils.clip_grad_norm_(ref, 2.0, foreach=False)
+        opt.step()
+        topt.step()
+    for i, p in enumerate(params):
+        assert p.is_contiguous(memory_format=torch.channels_last), f"param {i} lost its layout"
+        for k, v in opt.state[p].items():
+            if v.dim() == 4:
+                assert v.stride() == p.stride(), f"state[{k!r}] of param {i}: strides {v.stride()}"
+    assert_states_close(opt, topt, [params], [ref], **FLOAT32_TOL)
+
+
+def _expected_launches(name: str, n: int) -> int:
+    """Kernel launches of one step over n tensors of one dtype with clipping and the log,
+    from the launchers' table sizes (csrc/cuda/*.cu): the norm's partials
+    (ceil(n / 1624)), its final sum, step control, the step-prepare kernel where the family
+    keeps a step (Adam, RMSprop: 3600 per launch; NAdam: 1800) and the updates (Adam 541,
+    RMSprop/NAdam 624, SGD 902 tensors per launch)."""
+    ceil = lambda a, b: -(-a // b)  # noqa: E731
+    family = name.split("_")[0]
+    prepare = {"adam": ceil(n, 3600), "rmsprop": ceil(n, 3600), "nadam": ceil(n, 1800),
+               "sgd": 0}[family]
+    update = ceil(n, {"adam": 541, "rmsprop": 624, "nadam": 624, "sgd": 902}[family])
+    return ceil(n, 1624) + 1 + 1 + prepare + update
+
+
+@gpu_only
+@pytest.mark.parametrize("name", ["sgd_momentum", "rmsprop_centered_momentum_wd", "adam",
+                                  "adam_amsgrad_wd", "nadam"])
+def test_launches_per_step_every_family(name):
+    """2000 small float32 tensors, clipping and the log: exactly the launches the table
+    sizes predict (Adam 9, SGD 7, RMSprop 9, NAdam 10), all of them tunebook's kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, tb_cls, _, kwargs = CASE[name]
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(int(n), generator=gen).cuda().requires_grad_()
+              for n in torch.randint(1, 300, (2000,), generator=gen)]
+    opt = tb_cls(params, **kwargs, max_grad_norm=1.0, backend="cuda")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()  # lazy state init and SGD's first-step buffer copy outside the profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        opt.step()
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.name.startswith(("Memcpy", "Memset"))]
+    expected = _expected_launches(name, len(params))
+    others = [k for k in kernels if "tunebook" not in k]
+    assert not others, f"kernels other than tunebook's in a step: {others}"
+    assert len(kernels) == expected, (
+        f"{len(kernels)} launches, expected {expected}: {[k[:80] for k in kernels]}")
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_torch_compile_of_a_step_matches_eager(compile_backend):
+    """``torch.compile`` of a function that calls ``opt.step()``: dynamo traces the step,
+    the ops' fake kernels give the shapes, functionalisation handles the in-place
+    (``Tensor(a!)[]``) schemas; the compiled steps equal eager ones."""
+    if DEVICE == "cpu" and compile_backend == "inductor":
+        pytest.skip("inductor on the CPU is slow to compile here; the GPU run covers it")
+    torch._dynamo.reset()
+    groups = make_params(51, DEVICE)
+    twin = clone_params(groups)
+    compiled_opt = tbo.Adam(param_groups(groups, {"lr": 0.01}), lr=0.01, backend=BACKEND,
+                            max_grad_norm=250.0)
+    eager_opt = tbo.Adam(param_groups(twin, {"lr": 0.01}), lr=0.01, backend=BACKEND,
+                         max_grad_norm=250.0)
+
+    @torch.compile(backend=compile_backend)
+    def compiled_step():
+        compiled_opt.step()
+
+    for step in range(5):
+        grads = grads_for_step(groups, step, 51)
+        set_grads(groups, grads)
+        set_grads(twin, grads)
+        compiled_step()
+        eager_opt.step()
+    assert_states_close(compiled_opt, eager_opt, groups, twin, rtol=1e-6, atol=1e-7)
+    a, b = compiled_opt.grad_norms(), eager_opt.grad_norms()
+    assert (a.steps, a.clipped, a.skipped) == (b.steps, b.clipped, b.skipped) == (5, a.clipped, 0)
+    torch.testing.assert_close(a.norms, b.norms, rtol=1e-6, atol=0)
+
+
+_SANITIZER_WORKLOAD = """
+import torch
+import tunebook.optim as tbo
+
+assert "cuda" in tbo.library_backends(), "the CUDA kernels did not build"
+gen = torch.Generator().manual_seed(0)
+sizes = [1, 3, 4099, 65537]
+families = [(tbo.SGD, dict(momentum=0.9, nesterov=True)),
+            (tbo.RMSprop, dict(centered=True, momentum=0.9)),
+            (tbo.Adam, dict(amsgrad=True, weight_decay=0.01)), (tbo.NAdam, dict())]
+for cls, kwargs in families:
+    for dtype in (torch.float32, torch.bfloat16):
+        storage = torch.randn(sum(sizes) + 8, generator=gen).to("cuda", dtype)
+        params, start = [], 1
+        for i, n in enumerate(sizes):  # odd offsets: the scalar path and the norm's heads
+            view = storage[start:start + n]
+            params.append(torch.nn.Parameter(view if i % 2 == 0 else view.clone()))
+            start += n
+        opt = cls(params, lr=1e-3, max_grad_norm=1.0, **kwargs)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to("cuda", dtype)
+            opt.step()
+        torch.cuda.synchronize()
+        print(cls.__name__, dtype, opt.grad_norms().steps, flush=True)
+print("sanitizer workload done", flush=True)
+"""
+
+
+def _compute_sanitizer() -> str | None:
+    from tunebook.optim._cuda_toolkit import cuda_home
+
+    candidates = [shutil.which("compute-sanitizer")]
+    for root in (cuda_home(), Path("/usr/local/cuda")):
+        if root is not None:
+            candidates += [root / "bin" / "compute-sanitizer",
+                           root / "compute-sanitizer" / "compute-sanitizer"]
+    return next((str(c) for c in candidates if c and Path(c).exists()), None)
+
+
+@gpu_only
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+def test_compute_sanitizer_finds_nothing(tool, tmp_path):
+    """Every family, float32 and bf16, aligned and misaligned tensors, two steps each,
+    under compute-sanitizer (torch's caching allocator off, so that an access past a
+    tensor's end leaves its allocation). Skips where the sanitizer is missing or refuses
+    the device (it does under gVisor); TUNEBOOK_SANITIZER_TIMEOUT (s) bounds each tool."""
+    exe = _compute_sanitizer()
+    if exe is None:
+        pytest.skip("compute-sanitizer not found (PATH, the CUDA toolkit, /usr/local/cuda)")
+    script = tmp_path / "workload.py"
+    script.write_text(_SANITIZER_WORKLOAD)
+    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    timeout = float(os.environ.get("TUNEBOOK_SANITIZER_TIMEOUT", "240"))
+    cmd = [exe, "--tool", tool, "--error-exitcode", "99", "--print-limit", "20",
+           sys.executable, str(script)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              check=False)
+    except subprocess.TimeoutExpired as error:
+        out = (error.stdout or b"")[-3000:]
+        pytest.fail(f"{tool} did not finish in {timeout:.0f} s: {out!r}")
+    out = proc.stdout + proc.stderr
+    if "Device not supported" in out or "device is not supported" in out.lower():
+        pytest.skip(f"compute-sanitizer refuses this device: {out[-500:]}")
+    assert "sanitizer workload done" in proc.stdout, f"the workload did not finish:\n{out[-6000:]}"
+    assert proc.returncode == 0, f"{tool} reported errors (exit {proc.returncode}):\n{out[-6000:]}"
+    assert not re.search(r"ERROR SUMMARY: [1-9]|\(([1-9]\d*) errors", out), out[-6000:]

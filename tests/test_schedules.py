@@ -542,3 +542,43 @@ def test_composed_schedules_properties(peak, warmup, decay, alpha, at, extra):
     np.testing.assert_array_equal(longer(t + extra), base(t))
     np.testing.assert_array_equal(longer(np.arange(at)), base(np.arange(at)))
     assert np.all(longer(np.arange(at, at + extra)) == base(at))
+
+
+# ----------------------------------------------------------------- steps of any size
+
+
+def test_any_integer_is_a_step():
+    cosine = cosine_decay_schedule(0.1, 100)
+    warm = linear_warmup(cosine, warmup_steps=10)
+    for step in (10**20, 10**400, 2**64, np.uint64(2**64 - 1), np.int64(2**62)):
+        assert cosine(step) == 0.0 and warm(step) == 0.0
+    assert warm(-(10**30)) == 0.0  # before the start: the warmup's first value
+    np.testing.assert_array_equal(cosine([0, 10**20, 10**400]), [0.1, 0.0, 0.0])
+    assert exponential_decay(1.0, 10, 0.5)(10**20) == 0.0
+    assert math.isinf(exponential_decay(1.0, 10, 2.0)(10**20))  # growth: inf, without a warning
+    with pytest.raises(TypeError, match="step must be an int"):
+        cosine([True, 2**70])
+
+
+# ------------------------------------------------- DeviceSchedule with plain functions
+
+
+def test_device_schedule_tabulates_plain_python_functions():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = torch.optim.SGD(params, lr=torch.tensor(0.0, dtype=torch.float64))
+    # A branch on the step cannot take an array: it is evaluated step by step.
+    driver = DeviceSchedule(opt, lambda s: 0.1 if s < 5 else 0.01, total_steps=10)
+    assert driver.tables[0].tolist() == [0.1] * 5 + [0.01] * 5
+    seen = []
+    for _ in range(9):
+        seen.append(float(opt.param_groups[0]["lr"]))
+        driver.step()
+    assert seen == [0.1] * 5 + [0.01] * 4
+    # Functions of a float, and constant ones, too.
+    assert driver.tables[0].dtype == torch.float64
+    np.testing.assert_allclose(DeviceSchedule(opt, math.cos, 4).tables[0].numpy(), np.cos(np.arange(4)))
+    assert DeviceSchedule(opt, lambda s: 0.3, 3).tables[0].tolist() == [0.3] * 3
+    with pytest.raises(ValueError, match="must return a number for an int step; at step 0"):
+        DeviceSchedule(opt, lambda s: "fast", 3)
+    with pytest.raises(ValueError, match="is nan at step 2"):
+        DeviceSchedule(opt, lambda s: math.nan if s == 2 else 0.1, 4)

@@ -358,3 +358,21 @@ def test_random_valid_specs(spec, seed, start):
     for copy in (SearchSpace.from_json(space.to_json()), SearchSpace.from_yaml(space.to_yaml())):
         assert copy == space
         assert copy.sample(12, seed=seed, start=start) == trials
+
+
+def test_float_range_whose_width_overflows_spans_the_range():
+    for low, high in [(-1e308, 1e308), (-np.finfo(float).max, np.finfo(float).max), (-1.5e308, 1e308)]:
+        space = SearchSpace.from_dict({"x": {"min": low, "max": high}})
+        values = np.array([t["x"] for t in space.sample(256, seed=3)])
+        assert np.isfinite(values).all() and (values >= low).all() and (values <= high).all()
+        assert len(set(values.tolist())) == 256  # not all stuck at one end
+        # Evenly spread: the Halton points mapped linearly (exact rational reference).
+        from fractions import Fraction
+
+        u = halton(256, 1, seed=3)[:, 0]
+        exact = [float(Fraction(low) + Fraction(x) * (Fraction(high) - Fraction(low))) for x in u.tolist()]
+        np.testing.assert_allclose(values, exact, rtol=1e-12, atol=1e294)
+    # A range whose width fits keeps the exact formula (so existing studies are unchanged).
+    space = SearchSpace.from_dict({"x": {"min": -1.0, "max": 3.0}})
+    u = halton(8, 1, seed=0)[:, 0]
+    assert [t["x"] for t in space.sample(8)] == (-1.0 + u * 4.0).tolist()

@@ -296,3 +296,41 @@ def test_with_the_real_search_space(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"]
+
+
+def test_study_attributes_round_trip(storage, name):
+    study = Study(name, StandInSpace(), storage=storage, max_trials=2)
+    assert study.attrs == {}
+    study.set_attr("playbook.sweep", {"sizes": np.arange(3), "nan": math.nan, "inf": -math.inf, "x": np.float32(2)})
+    study.set_attr("note", "first")
+    study.set_attr("note", "second")  # replaced, not duplicated
+    other = Study(f"{name}-other", StandInSpace(), storage=storage)
+    other.set_attr("note", "elsewhere")
+    attrs = Study(name, storage=storage).attrs  # read back by a fresh handle
+    assert attrs["note"] == "second" and attrs["playbook.sweep"]["sizes"] == [0, 1, 2]
+    assert math.isnan(attrs["playbook.sweep"]["nan"]) and attrs["playbook.sweep"]["inf"] == -math.inf
+    assert attrs["playbook.sweep"]["x"] == 2.0 and sorted(attrs) == ["note", "playbook.sweep"]
+    assert other.attrs == {"note": "elsewhere"}
+    with pytest.raises(ValueError, match="key must be a non-empty string"):
+        study.set_attr("", 1)
+    with pytest.raises(TypeError, match="must be JSON serialisable"):
+        study.set_attr("bad", object())
+
+
+def test_a_version_1_database_gains_the_attribute_table(tmp_path, monkeypatch):
+    storage = f"sqlite:///{tmp_path}/v1.db"
+    Study("s", StandInSpace(), storage=storage).set_attr("k", 1)
+    engine = sa.create_engine(storage)
+    with engine.begin() as connection:  # back to what tunebook 0.1 wrote
+        connection.execute(sa.text("drop table tunebook_study_attrs"))
+        connection.execute(sa.text("update tunebook_meta set value = '1'"))
+    from tunebook.study import _storage
+
+    monkeypatch.setattr(_storage, "_engines", {})
+    monkeypatch.setattr(_schema, "_ready", set())
+    study = Study("s", storage=storage)
+    assert study.attrs == {}
+    study.set_attr("k", [1, 2])
+    assert Study("s", storage=storage).attrs == {"k": [1, 2]}
+    with engine.begin() as connection:
+        assert connection.execute(sa.text("select value from tunebook_meta")).scalar() == "2"

@@ -66,6 +66,7 @@ struct AdamBody {
 
 template <typename P, typename S, bool kAmsgrad, bool kWeightDecay>
 struct AdamFunctor {
+  static constexpr int kMinBlocksPerSm = kUpdateMinBlocksPerSm;
   __device__ __forceinline__ void operator()(const TensorListMeta<kAdamDepth>& meta,
                                              const ChunkRef& ref, const float* control,
                                              bool maximize, const float* grad_scale) const {

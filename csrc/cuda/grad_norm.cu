@@ -2,12 +2,28 @@
 // Contract: csrc/ops.cpp.
 //
 // Pass 1 (one multi-tensor launch per grad dtype, 1,624 tensors per launch): every block
-// reduces its 64K-element chunk, each thread in float32 (<= 32 squares per thread per
-// chunk, four independent FMA chains), the block in float64, into one float64 partial
-// per chunk. Pass 2 (one block): the partials are summed in float64 in a fixed order and
-// rounded once to the float32 result. No atomics, so the result is bitwise reproducible
-// run to run, and no host synchronisation: the result stays on the device for
-// step_control_.
+// reduces its 64K-element chunk, each thread in float32 (float64 for float64 grads; kVec
+// independent FMA chains,
+// <= 32 squares each), the block in float64, into one float64 partial per chunk. Pass 2
+// (one block): the partials are summed in float64 in a fixed order and rounded once to
+// the float32 result. No atomics, so the result is bitwise reproducible run to run, and
+// no host synchronisation: the result stays on the device for step_control_.
+//
+// Loads. The pass is bound by bytes in flight: a thread reads 16 bytes per load whatever
+// the dtype (4 fp32 or 8 bf16/fp16 values, where the update kernels' kILP = 4 would give
+// bf16 8-byte loads and half the bytes in flight), two loads are issued before their
+// FMAs, and the kernel is pinned to <= 32 registers so that 4 blocks of 512 (the SM's
+// 2,048 threads) stay resident: 4 * 512 * 32 B = 64 KB in flight per SM, against the
+// ~24 KB HBM3e needs. A grad that is not 16-byte aligned (a view at an odd offset, e.g.
+// into a DDP bucket) is not read element by element: each chunk's first `head` elements
+// (< kVec, up to the next 16-byte boundary) are read by threads 0 .. head-1, the rest as
+// aligned vectors. Which element goes to which thread's FMA chain is fixed by the chunk's
+// address and length alone (tests/cuda_emulation/ replays it element by element):
+//   head element e (e < head)          -> thread e, chain 0
+//   body element head + v * kVec + j    -> thread v % kBlockSize, chain j, in order of v
+//   tail element head + n_body + e      -> thread e, chain 0 (after its body elements)
+// and a thread's chains are combined pairwise: ((c0 + c1) + (c2 + c3)) [+ ((c4 + c5) +
+// (c6 + c7))].
 #include "multi_tensor_apply.cuh"
 
 namespace tunebook {
@@ -54,31 +70,58 @@ __device__ __forceinline__ double block_sum(double value) {
 __device__ __forceinline__ float add_square(float x, float acc) { return fmaf(x, x, acc); }
 __device__ __forceinline__ double add_square(double x, double acc) { return fma(x, x, acc); }
 
-// Per-thread accumulation in the grads' opmath type: float, double for float64 grads.
-template <typename G>
-struct SquaresBody {
-  using A = typename math::OpMath<G>::type;
-  const G* g;
-  A acc[kILP];
-
-  template <bool V>
-  __device__ __forceinline__ void run(const Access& a) {
-    A r[kILP];
-    load<V>(r, g, a);  // padding elements of the scalar path load as 0
+// Sum of x*x over one chunk of n elements starting at g, this thread's part: the mapping
+// of the header comment. Returns the thread's sum of its kVec chains, accumulated in the
+// grads' opmath type A (float; double for float64 grads, whose squares may exceed float).
+template <typename G, typename A = typename math::OpMath<G>::type>
+__device__ __forceinline__ A thread_sum_of_squares(const G* g, int n) {
+  constexpr int kVec = 16 / sizeof(G);
+  using Vec = AlignedVector<G, kVec>;
+  const int t = static_cast<int>(threadIdx.x);
+  A acc[kVec];
 #pragma unroll
-    for (int j = 0; j < kILP; ++j) acc[j] = add_square(r[j], acc[j]);
+  for (int j = 0; j < kVec; ++j) acc[j] = A(0);
+  // Elements before the first 16-byte boundary (torch's storage is always aligned to its
+  // element size, so this is a whole number of elements, < kVec).
+  const int misaligned = static_cast<int>(reinterpret_cast<uintptr_t>(g) % 16);
+  int head = misaligned == 0 ? 0 : (16 - misaligned) / static_cast<int>(sizeof(G));
+  head = head < n ? head : n;
+  if (t < head) acc[0] = add_square(Convert<G, A>::load(g[t]), acc[0]);
+  const Vec* body = reinterpret_cast<const Vec*>(g + head);
+  const int vectors = (n - head) / kVec;
+  // Two 16-byte loads in flight per pass; each chain still sees its elements in order.
+  int v = t;
+  for (; v + kBlockSize < vectors; v += 2 * kBlockSize) {
+    const Vec a = body[v];
+    const Vec b = body[v + kBlockSize];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[j] = add_square(Convert<G, A>::load(a.val[j]), acc[j]);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[j] = add_square(Convert<G, A>::load(b.val[j]), acc[j]);
   }
-};
+  if (v < vectors) {
+    const Vec a = body[v];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[j] = add_square(Convert<G, A>::load(a.val[j]), acc[j]);
+  }
+  const int tail = head + vectors * kVec + t;  // < kVec tail elements, one per thread
+  if (tail < n) acc[0] = add_square(Convert<G, A>::load(g[tail]), acc[0]);
+  if constexpr (kVec == 2) {
+    return acc[0] + acc[1];
+  } else if constexpr (kVec == 4) {
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  } else {
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  }
+}
 
 template <typename G>
 struct SquaresFunctor {
+  static constexpr int kMinBlocksPerSm = 4;
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, const ChunkRef& ref,
                                              double* partials) const {
-    SquaresBody<G> body{chunk_ptr<const G>(meta, 0, ref), {0, 0, 0, 0}};
-    for_each_in_chunk(ref.n, is_vector_aligned<G>(body.g), body);
-    const double mine = static_cast<double>((body.acc[0] + body.acc[1]) +
-                                            (body.acc[2] + body.acc[3]));
-    const double total = block_sum<kBlockSize>(mine);
+    const auto mine = thread_sum_of_squares(chunk_ptr<const G>(meta, 0, ref), ref.n);
+    const double total = block_sum<kBlockSize>(static_cast<double>(mine));
     if (threadIdx.x == 0) partials[meta.block_offset + blockIdx.x] = total;
   }
 };

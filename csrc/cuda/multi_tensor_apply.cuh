@@ -38,13 +38,27 @@
 // load/store per operand. The vector body covers floor(n / kILP) * kILP elements and a
 // scalar tail handles the rest, so an odd-sized tensor still runs vectorised (torch falls
 // back to scalar loads for the whole tensor when numel % 4 != 0). Misaligned tensors
-// (views at odd storage offsets) take a coalesced scalar path.
+// (views at odd storage offsets) take a coalesced scalar path. (The one-operand norm pass
+// in grad_norm.cu has its own loop: 16-byte loads for every dtype, and misaligned grads
+// read as aligned vectors after a short head.)
 //
 // Launch constants. 512 threads, kILP = 4, 64K-element chunks: each thread makes 32
 // passes over its chunk with one vector load per operand in flight per pass; with >= 2
-// resident blocks per SM that is >= 48 KB in flight per SM for Adam, above what HBM3
-// needs (~16 KB per SM at 3.35 TB/s and ~600 ns latency). Tiny tensors waste a mostly
-// idle block each, the same trade torch makes; they are launch-bound anyway.
+// resident blocks per SM that is >= 48 KB in flight per SM for Adam, above what HBM3e
+// needs (~24 KB per SM at 4.8 TB/s and ~650 ns latency over 132 SMs). Tiny tensors waste
+// a mostly idle block each, the same trade torch makes; they are launch-bound anyway.
+//
+// Registers, pinned. The SM's register file (64K) is what limits resident blocks: an
+// update kernel at <= 64 registers per thread keeps 2 blocks of 512 per SM, at 65-128 only
+// one, which halves the bytes in flight. Left to itself, ptxas (nvcc 13.0, sm_90) used
+// 26-52 registers, but __launch_bounds__(512) alone would let another nvcc go up to 128,
+// so every functor names its minimum resident blocks (kMinBlocksPerSm: 2 for the updates,
+// 4 for the one-operand norm pass, whose bytes in flight are all it has) and the kernel is
+// capped at 64K / (512 * blocks) registers. The cap is set with __maxnreg__ (nvcc >= 12.4):
+// __launch_bounds__(512, 2) sets the same 64-register cap but made ptxas 13.0 schedule up
+// to it and spill 4 bytes in four mixed-precision RMSprop kernels, where __maxnreg__(64)
+// compiles every kernel without a spill. tests/test_cuda_build.py checks the cap in the
+// PTX and that ptxas reports no spill and no stack frame for any kernel.
 //
 // No host synchronisation. Nothing here reads device memory from the host. Per-step
 // device scalars (step counters, tensor learning rates, the clip coefficient and skip
@@ -74,6 +88,14 @@ namespace cuda {
 
 constexpr int kBlockSize = 512;
 constexpr int kILP = 4;
+// 32-bit registers per SM on sm_70 .. sm_90 (the cap of a kernel that must keep `blocks`
+// blocks of kBlockSize resident is kRegistersPerSm / (kBlockSize * blocks)).
+constexpr int kRegistersPerSm = 65536;
+constexpr int kUpdateMinBlocksPerSm = 2;
+
+constexpr int max_registers_for(int min_blocks_per_sm) {
+  return kRegistersPerSm / (kBlockSize * min_blocks_per_sm);
+}
 constexpr int64_t kChunkSize = 65536;
 // Kernel-parameter limit since CUDA 12.1 on sm_70+ (4,096 before).
 constexpr int kMaxKernelParamBytes = 32764;
@@ -201,31 +223,33 @@ __device__ __forceinline__ void store_vector(T* base, int i, const R (&r)[kILP])
   *reinterpret_cast<AlignedVector<T, kILP>*>(base + i) = v;
 }
 
-// Scalar path: elements i + j * stride (j < kILP) that are < n. Consecutive threads hold
-// consecutive i, so every j is one coalesced access across the block.
+// Scalar path: elements i + j * kBlockSize (j < kILP) that are < n. Consecutive threads
+// hold consecutive i, so every j is one coalesced access across the block. The stride is
+// the compile-time block size, not blockDim.x: element j's address is then element 0's
+// plus an immediate offset, so each operand keeps one 64-bit address live instead of
+// kILP of them (with a run-time stride ptxas needed ~80 registers for RMSprop and spilled
+// under the 64-register cap of __launch_bounds__(kBlockSize, kMinBlocksPerSm)).
 template <typename R, typename T>
-__device__ __forceinline__ void load_strided(R (&r)[kILP], const T* base, int i, int stride,
-                                             int n) {
+__device__ __forceinline__ void load_strided(R (&r)[kILP], const T* base, int i, int n) {
 #pragma unroll
   for (int j = 0; j < kILP; ++j) {
-    const int k = i + j * stride;
+    const int k = i + j * kBlockSize;
     r[j] = k < n ? Convert<T, R>::load(base[k]) : R(0);
   }
 }
 
 template <typename R, typename T>
-__device__ __forceinline__ void store_strided(T* base, int i, int stride, int n,
-                                              const R (&r)[kILP]) {
+__device__ __forceinline__ void store_strided(T* base, int i, int n, const R (&r)[kILP]) {
 #pragma unroll
   for (int j = 0; j < kILP; ++j) {
-    const int k = i + j * stride;
+    const int k = i + j * kBlockSize;
     if (k < n) base[k] = Convert<T, R>::store(r[j]);
   }
 }
 
 // One access pattern for both paths, chosen at compile time.
 struct Access {
-  int i, stride, n;
+  int i, n;
 };
 
 template <bool Vector, typename R, typename T>
@@ -233,7 +257,7 @@ __device__ __forceinline__ void load(R (&r)[kILP], const T* base, const Access& 
   if constexpr (Vector) {
     load_vector(r, base, a.i);
   } else {
-    load_strided(r, base, a.i, a.stride, a.n);
+    load_strided(r, base, a.i, a.n);
   }
 }
 
@@ -242,29 +266,30 @@ __device__ __forceinline__ void store(T* base, const Access& a, const R (&r)[kIL
   if constexpr (Vector) {
     store_vector(base, a.i, r);
   } else {
-    store_strided(base, a.i, a.stride, a.n, r);
+    store_strided(base, a.i, a.n, r);
   }
 }
 
 // Runs body.template run<Vector>(Access) over one chunk of n elements:
 //   Vector = true : elements a.i .. a.i + kILP - 1, all < n
-//   Vector = false: elements a.i + j * a.stride < a.n, j < kILP (others are padding:
+//   Vector = false: elements a.i + j * kBlockSize < a.n, j < kILP (others are padding:
 //                   loads read 0, stores are dropped)
-// `aligned`: every operand pointer of the chunk is vector aligned.
+// `aligned`: every operand pointer of the chunk is vector aligned. Kernels using this are
+// launched with blockDim.x == kBlockSize.
 template <typename Body>
 __device__ __forceinline__ void for_each_in_chunk(int n, bool aligned, Body& body) {
+  const int t = static_cast<int>(threadIdx.x);
   if (aligned) {
     const int n_vec = (n / kILP) * kILP;
-    for (int i = threadIdx.x * kILP; i < n_vec; i += blockDim.x * kILP) {
-      body.template run<true>(Access{i, 0, n});
+    for (int i = t * kILP; i < n_vec; i += kBlockSize * kILP) {
+      body.template run<true>(Access{i, n});
     }
-    // Tail of < kILP elements: one element per thread (stride n puts j >= 1 out of range).
-    const int i = n_vec + static_cast<int>(threadIdx.x);
-    if (i < n) body.template run<false>(Access{i, n, n});
+    // Tail of < kILP elements: one element per thread (i + kBlockSize is past n).
+    const int i = n_vec + t;
+    if (i < n) body.template run<false>(Access{i, n});
   } else {
-    for (int base = 0; base < n; base += blockDim.x * kILP) {
-      body.template run<false>(Access{base + static_cast<int>(threadIdx.x),
-                                      static_cast<int>(blockDim.x), n});
+    for (int base = 0; base < n; base += kBlockSize * kILP) {
+      body.template run<false>(Access{base + t, n});
     }
   }
 }
@@ -273,11 +298,17 @@ __device__ __forceinline__ void for_each_in_chunk(int n, bool aligned, Body& bod
 // The kernel and its host-side launcher.
 
 // `Functor` provides `__device__ void operator()(const TensorListMeta<Depth>&,
-// const ChunkRef&, Args...) const`. The table is __grid_constant__ so that indexing it
-// with a runtime tensor index reads the parameter bank instead of copying 30 KB to local
-// memory.
+// const ChunkRef&, Args...) const` and `static constexpr int kMinBlocksPerSm` (see
+// "Registers, pinned" above). The table is __grid_constant__ so that indexing it with a
+// runtime tensor index reads the parameter bank instead of copying 30 KB to local memory.
+#if defined(__CUDACC_VER_MAJOR__) && \
+    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 4))
+#define TUNEBOOK_PIN_REGISTERS(min_blocks) __maxnreg__(max_registers_for(min_blocks))
+#else
+#define TUNEBOOK_PIN_REGISTERS(min_blocks) __launch_bounds__(kBlockSize, min_blocks)
+#endif
 template <int Depth, typename Functor, typename... Args>
-__global__ void __launch_bounds__(kBlockSize)
+__global__ void TUNEBOOK_PIN_REGISTERS(Functor::kMinBlocksPerSm)
     multi_tensor_kernel(const __grid_constant__ TensorListMeta<Depth> meta, Functor functor,
                         Args... args) {
   const ChunkRef ref = locate_chunk(meta);

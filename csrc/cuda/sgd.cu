@@ -52,6 +52,7 @@ struct SgdHyper {
 template <typename P, typename S, bool kMomentum, bool kNesterov, bool kFirstStep,
           bool kWeightDecay>
 struct SgdFunctor {
+  static constexpr int kMinBlocksPerSm = kUpdateMinBlocksPerSm;
   __device__ __forceinline__ void operator()(const TensorListMeta<kSgdDepth>& meta,
                                              const ChunkRef& ref, const float* control,
                                              bool maximize, SgdHyper h,

@@ -28,6 +28,8 @@ int warpSize = 32;
 #include "cuda/rmsprop.cu"
 #include "cuda/sgd.cu"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -541,11 +543,77 @@ void check_locate_chunk() {
   ++g_checks;
 }
 
+// The norm pass's reduction, replayed element by element from its specification (the
+// header comment of csrc/cuda/grad_norm.cu) rather than from its code: one 64K-element
+// chunk starting at `data` with `n` elements. Every element goes to one (thread, chain)
+// pair and is squared into it with one fmaf, in increasing element order:
+//   head:  e < head                        -> thread e, chain 0
+//   body:  e = head + v * kVec + j          -> thread v % 512, chain j
+//   tail:  e >= head + vectors * kVec       -> thread e - head - vectors * kVec, chain 0
+// with head = the elements before the first 16-byte boundary (capped at n) and kVec = 16
+// bytes of elements. Each thread's chains are added pairwise, widened to double and added
+// over the threads in the order the emulated block_sum uses (thread 511 first).
+// float64 grads: the same mapping with double chains (kVec = 2), one fma each.
+template <typename C>
+double reference_chunk_partial_in(const void* data, DType d, int64_t n) {
+  const int size = static_cast<int>(dtype_size(d));
+  const int vec = 16 / size;
+  const int misaligned = static_cast<int>(reinterpret_cast<uintptr_t>(data) % 16);
+  int64_t head = misaligned == 0 ? 0 : (16 - misaligned) / size;
+  if (head > n) head = n;
+  const int64_t vectors = (n - head) / vec;
+  std::vector<C> chains(static_cast<size_t>(kBlockSize) * vec, C(0));
+  for (int64_t e = 0; e < n; ++e) {
+    int64_t thread, chain;
+    if (e < head) {
+      thread = e, chain = 0;
+    } else if (e < head + vectors * vec) {
+      thread = ((e - head) / vec) % kBlockSize, chain = (e - head) % vec;
+    } else {
+      thread = e - head - vectors * vec, chain = 0;
+    }
+    const C x = static_cast<C>(load(data, d, e));
+    C& c = chains[static_cast<size_t>(thread * vec + chain)];
+    c = std::fma(x, x, c);
+  }
+  double total = 0.0;
+  for (int t = kBlockSize - 1; t >= 0; --t) {
+    const C* c = &chains[static_cast<size_t>(t) * vec];
+    C mine = c[0] + c[1];
+    if (vec >= 4) mine = (c[0] + c[1]) + (c[2] + c[3]);
+    if (vec == 8) mine = mine + ((c[4] + c[5]) + (c[6] + c[7]));
+    total += static_cast<double>(mine);
+  }
+  return total;
+}
+
+double reference_chunk_partial(const void* data, DType d, int64_t n) {
+  return d == DType::kFloat64 ? reference_chunk_partial_in<double>(data, d, n)
+                              : reference_chunk_partial_in<float>(data, d, n);
+}
+
+// The final pass, replayed: thread t adds partials t, t + 1024, ... in order; the threads'
+// sums are added from thread 1023 down to thread 0; one rounding to float.
+float reference_final_sum(const std::vector<double>& partials) {
+  double total = 0.0;
+  for (int t = kSumThreads - 1; t >= 0; --t) {
+    double mine = 0.0;
+    for (size_t i = t; i < partials.size(); i += kSumThreads) mine += partials[i];
+    total += mine;
+  }
+  return static_cast<float>(total);
+}
+
 // grad_sq_norm as ops_cuda.cpp runs it: one partials launch per grad dtype into one
 // workspace (block_base), then the final sum. 1,700 grads: two launches for one dtype.
+// Every partial and the result are compared bit for bit with the replayed specification
+// (tails of every length, each of the 16-byte misalignments: heads of every length, and
+// heads longer than the tensor), and the result with float64 to 1e-6.
 void check_grad_norm() {
   std::vector<int64_t> sizes = test_sizes();
   for (int i = 0; i < 750; ++i) sizes.push_back(2 + i % 5);
+  for (int64_t n = 1; n <= 40; ++n) sizes.push_back(n);  // every head x tail combination
+  for (int64_t n : {8191, 8192, 8193, 16383, 16385, 3 * 65536 - 9}) sizes.push_back(n);
   const DType dtypes[4] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16,
                            DType::kFloat64};
   std::mt19937 gen(5);
@@ -556,9 +624,9 @@ void check_grad_norm() {
   double expected = 0.0;
   for (size_t i = 0; i < sizes.size(); ++i) {
     // Most grads float32 (so that table overflows), every 7th bf16, every 11th fp16, every
-    // 13th float64.
+    // 13th float64; the storage offset cycles through 0-7 elements.
     const int d = i % 7 == 0 ? 1 : i % 11 == 0 ? 2 : i % 13 == 0 ? 3 : 0;
-    auto buf = std::make_shared<Buffer>(sizes[i], dtypes[d], i % 3 == 0 ? 1 : 0);
+    auto buf = std::make_shared<Buffer>(sizes[i], dtypes[d], static_cast<int>(i % 8));
     for (int64_t e = 0; e < sizes[i]; ++e) {
       store(buf->data, dtypes[d], e, normal(gen));
       const double v = load(buf->data, dtypes[d], e);
@@ -581,12 +649,33 @@ void check_grad_norm() {
   float out = std::nanf("");
   launch_sum_partials(partials.data(), written, &out, nullptr);
   ++g_checks;
-  bool ok = written == count;
-  for (double v : partials) ok = ok && !std::isnan(v);
+  // The same partials in launch order: dtype by dtype, tensor by tensor, chunk by chunk.
+  std::vector<double> want;
+  for (int d = 0; d < 4; ++d) {
+    const TensorTable& t = tables[d];
+    for (int64_t i = 0; i < t.count; ++i) {
+      for (int64_t off = 0; off < t.numel[i]; off += kChunkSize) {
+        const int64_t n = std::min<int64_t>(kChunkSize, t.numel[i] - off);
+        const auto* base = static_cast<const unsigned char*>(t.ptrs[i]);
+        want.push_back(reference_chunk_partial(base + off * dtype_size(dtypes[d]), dtypes[d], n));
+      }
+    }
+  }
+  bool ok = written == count && static_cast<int64_t>(want.size()) == count;
+  for (size_t k = 0; ok && k < want.size(); ++k) {
+    if (std::memcmp(&partials[k], &want[k], sizeof(double)) != 0) {
+      std::printf("FAIL grad_sq_norm: partial %zu is %.17g, the specification gives %.17g\n", k,
+                  partials[k], want[k]);
+      ok = false;
+    }
+  }
+  const float want_out = reference_final_sum(want);
+  ok = ok && std::memcmp(&out, &want_out, sizeof(float)) == 0;
   ok = ok && std::fabs(out - expected) <= 1e-6 * expected;
   if (!ok) {
-    std::printf("FAIL grad_sq_norm: %lld of %lld partials, sum %.9g vs %.9g\n",
-                static_cast<long long>(written), static_cast<long long>(count), out, expected);
+    std::printf("FAIL grad_sq_norm: %lld of %lld partials, sum %.9g vs %.9g (float64 %.9g)\n",
+                static_cast<long long>(written), static_cast<long long>(count), out, want_out,
+                expected);
     ++g_failures;
   }
   // A finite sum of squares above the float32 maximum rounds to inf (a skipped step), as on

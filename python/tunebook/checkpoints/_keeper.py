@@ -12,7 +12,9 @@ deleted only after it. Reopening a directory therefore restores exactly the reco
 the committed saves, and deletes what an interrupted save or eviction left behind:
 ``ckpt-*.pt`` files the index does not name and ``.tunebook-tmp-*`` files. Other
 files are never touched, and a directory holding checkpoint files but no index (or
-an index of another run, when ``run`` is given) is refused rather than cleaned.
+an index of another run, when ``run`` is given) is refused rather than cleaned; so is a
+corrupt index, with a message naming it. A directory that cannot be written opens
+read-only: no lock, no clean-up, ``load_best`` works and ``save`` raises.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebook import _rust
+from tunebook._checks import STEP_LIMIT, as_integer, as_step
 from tunebook.checkpoints._atomic import TMP_PREFIX, atomic_write, atomic_write_json, fsync_directory
 from tunebook.checkpoints._state import snapshot, to_saveable
 
@@ -38,7 +41,9 @@ INDEX_NAME = "index.json"
 LOCK_NAME = ".lock"
 INDEX_FORMAT = "tunebook.checkpoints"
 INDEX_VERSION = 1
-_CHECKPOINT_RE = re.compile(r"^ckpt-(\d{12})\.pt$")
+# Every name checkpoint_name() writes: 12 digits, zero-padded, up to step 10**12 - 1, then
+# the plain number (13 to 19 digits: steps are below 2**63).
+_CHECKPOINT_RE = re.compile(r"^ckpt-(\d{12}|[1-9]\d{12,18})\.pt$")
 
 #: Fault-injection hook for tests: called with the name of each phase of a save
 #: ("start", "written", "renamed", "committed", "evicting", "done").
@@ -52,6 +57,74 @@ def _phase(name: str) -> None:
 
 def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:012d}.pt"
+
+
+class CorruptIndexError(ValueError):
+    """A directory's ``index.json`` cannot be read as a keeper's record."""
+
+
+def _corrupt(path: Path, problem: str) -> CorruptIndexError:
+    return CorruptIndexError(
+        f"{path} is corrupt: {problem}. Nothing was deleted. Restore {path.name} from a backup, or move "
+        f"{path.parent} aside and start the run in a new directory (its checkpoint files still load "
+        "with torch.load)."
+    )
+
+
+def _check_entry(path: Path, where: str, item: Any, metric: str) -> None:
+    if not isinstance(item, dict):
+        raise _corrupt(path, f"{where} is a {type(item).__name__}, not an object")
+    for key in ("step", "file", "metrics"):
+        if key not in item:
+            raise _corrupt(path, f"{where} has no {key!r}")
+    step = item["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < STEP_LIMIT:
+        raise _corrupt(path, f"{where} has step {step!r}, not an integer in [0, 2**63)")
+    if item["file"] != checkpoint_name(step):
+        raise _corrupt(path, f"{where} names the file {item['file']!r}; step {step} is {checkpoint_name(step)!r}")
+    metrics = item["metrics"]
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+    ):
+        raise _corrupt(path, f"{where} has metrics {metrics!r}, not an object of numbers")
+    if metric not in metrics:
+        raise _corrupt(path, f"{where} lacks the ranking metric {metric!r}")
+
+
+def read_index(path: Path) -> dict[str, Any]:
+    """A keeper's ``index.json``, checked entry by entry.
+
+    Raises:
+        CorruptIndexError: naming the file, what is wrong, and what can be done.
+    """
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise _corrupt(path, f"it is not readable JSON ({error})") from error
+    if not isinstance(record, dict):
+        raise _corrupt(path, f"it holds a JSON {type(record).__name__}, not the keeper's record (an object)")
+    if record.get("format") != INDEX_FORMAT:
+        raise CorruptIndexError(f"{path} is not a tunebook checkpoint index; nothing was deleted")
+    version = record.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _corrupt(path, f"its version is {version!r}, not an integer")
+    if version > INDEX_VERSION:
+        return record  # the caller explains that it is newer
+    for key, allowed in (("run", None), ("metric", None), ("mode", ("min", "max")), ("tie", ("earlier", "later"))):
+        value = record.get(key)
+        if not isinstance(value, str) or (allowed is not None and value not in allowed):
+            raise _corrupt(path, f"its {key!r} is {value!r}" + (f", not one of {allowed}" if allowed else ""))
+    checkpoints = record.get("checkpoints")
+    if not isinstance(checkpoints, list):
+        raise _corrupt(path, f"its 'checkpoints' is {type(checkpoints).__name__}, not a list")
+    for i, item in enumerate(checkpoints):
+        _check_entry(path, f"checkpoints[{i}]", item, record["metric"])
+    steps = [item["step"] for item in checkpoints]
+    if len(set(steps)) != len(steps):
+        raise _corrupt(path, "a step appears twice in 'checkpoints'")
+    if record.get("latest") is not None:
+        _check_entry(path, "latest", record["latest"], record["metric"])
+    return record
 
 
 @dataclass(frozen=True)
@@ -94,11 +167,11 @@ def _metrics(metrics: Mapping[str, Any], metric: str) -> dict[str, float]:
         raise TypeError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
     out = {}
     for name, value in metrics.items():
-        if hasattr(value, "item"):
-            value = value.item()
         try:
+            if hasattr(value, "item"):
+                value = value.item()
             out[str(name)] = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError, OverflowError):
             raise ValueError(f"metric {name!r} must be a number, got {value!r}") from None
     if metric not in out:
         raise ValueError(f"metrics must contain the ranking metric {metric!r}, got {sorted(out)}")
@@ -130,6 +203,9 @@ class CheckpointKeeper:
             order and crash guarantees are the same. ``flush()`` waits.
         max_pending: background saves allowed in flight before ``save`` blocks.
         fsync: make each save durable (disable only for throw-away runs).
+        read_only: True opens an existing directory to read only: no lock, no clean-up,
+            no writes, and ``save`` raises. None (the default) does that when the
+            directory holds an index but cannot be written; False always opens it to write.
 
     Reopening an existing directory restores its committed record. ``metric``, ``mode``
     and ``tie`` must match the record (ValueError otherwise: a record ranked by another
@@ -156,17 +232,24 @@ class CheckpointKeeper:
         async_save: bool = False,
         max_pending: int = 2,
         fsync: bool = True,
+        read_only: bool | None = None,
     ) -> None:
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        keep = as_integer("keep", keep)
+        if keep < 1:
             raise ValueError(f"{keep=} must be an integer >= 1")
-        if mode not in ("min", "max"):
+        if not (isinstance(mode, str) and mode in ("min", "max")):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if tie not in ("earlier", "later"):
+        if not (isinstance(tie, str) and tie in ("earlier", "later")):
             raise ValueError(f"tie must be 'earlier' or 'later', got {tie!r}")
         if not isinstance(metric, str) or not metric:
             raise ValueError(f"metric must be a non-empty string, got {metric!r}")
-        if max_pending < 1:
-            raise ValueError(f"{max_pending=} must be >= 1")
+        if as_integer("max_pending", max_pending) < 1:
+            raise ValueError(f"{max_pending=} must be an integer >= 1")
+        if read_only is not None and not isinstance(read_only, bool):
+            raise ValueError(f"read_only must be None (decide from write access), True or False, got {read_only!r}")
+        # Until the directory is locked and read, this keeper holds nothing to release.
+        self._closed = True
+        self._lock_file: Any = None
         self.directory = Path(directory)
         self.keep, self.metric, self.mode, self.tie = keep, metric, mode, tie
         self.keep_latest, self.async_save, self.fsync = keep_latest, async_save, fsync
@@ -178,18 +261,33 @@ class CheckpointKeeper:
         self._error: BaseException | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(max_pending)
+        self.read_only = bool(read_only)
+        self._read_only_reason = "it was opened with read_only=True"
+        if not self.read_only:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._lock_file = open(self.directory / LOCK_NAME, "a+b")  # noqa: SIM115 (held open)
+            except OSError as error:
+                # Reading needs no write access: a run directory that cannot be written
+                # (another user's, a read-only mount) still opens to load its checkpoints.
+                if read_only is False or not (self.directory / INDEX_NAME).is_file():
+                    raise OSError(
+                        error.errno, f"cannot open the checkpoint directory for writing: {error.strerror}",
+                        str(self.directory),
+                    ) from error
+                self.read_only = True
+                self._read_only_reason = f"{self.directory} is not writable ({error.strerror})"
+        if not self.read_only:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock_file.close()
+                self._lock_file = None
+                raise RuntimeError(
+                    f"{self.directory} is in use by another CheckpointKeeper (its {LOCK_NAME} is locked); "
+                    "use one keeper per directory"
+                ) from None
         self._closed = False
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.directory / LOCK_NAME, "a+b")  # noqa: SIM115 (held open)
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            self._closed = True
-            raise RuntimeError(
-                f"{self.directory} is in use by another CheckpointKeeper (its {LOCK_NAME} is locked); "
-                "use one keeper per directory"
-            ) from None
         try:
             self._open(run)
         except BaseException:
@@ -200,6 +298,10 @@ class CheckpointKeeper:
     # ----------------------------------------------------------------- opening
     def _open(self, run: str | None) -> None:
         index_path = self.directory / INDEX_NAME
+        if self.read_only and not index_path.is_file():
+            raise FileNotFoundError(
+                f"{index_path} does not exist: a read-only keeper opens a directory a keeper has written"
+            )
         if not index_path.exists():
             foreign = sorted(p.name for p in self.directory.iterdir() if _CHECKPOINT_RE.match(p.name))
             if foreign:
@@ -212,13 +314,8 @@ class CheckpointKeeper:
             self._topk = _rust.TopK(self.keep, self.mode, self.tie)
             self._write_index()
             return
-        try:
-            record = json.loads(index_path.read_bytes())
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{index_path} is not a readable checkpoint index: {error}") from error
-        if record.get("format") != INDEX_FORMAT:
-            raise ValueError(f"{index_path} is not a tunebook checkpoint index; nothing was deleted")
-        if record.get("version", 0) > INDEX_VERSION:
+        record = read_index(index_path)
+        if record["version"] > INDEX_VERSION:
             raise ValueError(
                 f"{index_path} has index version {record.get('version')}, newer than this tunebook "
                 f"understands ({INDEX_VERSION}); upgrade tunebook"
@@ -244,9 +341,12 @@ class CheckpointKeeper:
         if record.get("latest") is not None:
             self._latest = self._info(record["latest"])
         evicted = self._topk.resize(self.keep)
+        for step in evicted:
+            del self._entries[step]
+        if self.read_only:
+            self._check_referenced()
+            return
         if evicted:
-            for step in evicted:
-                del self._entries[step]
             self._write_index()
         self._remove_leftovers()
 
@@ -272,13 +372,16 @@ class CheckpointKeeper:
             if path.name.startswith(TMP_PREFIX) or (_CHECKPOINT_RE.match(path.name) and path.name not in keep):
                 path.unlink(missing_ok=True)
                 removed = True
-        missing = [name for name in keep if not (self.directory / name).exists()]
+        self._check_referenced()
+        if removed and self.fsync:
+            fsync_directory(self.directory)
+
+    def _check_referenced(self) -> None:
+        missing = [name for name in self._referenced() if not (self.directory / name).exists()]
         if missing:
             raise RuntimeError(
                 f"{self.directory}/{INDEX_NAME} names checkpoint files that are missing: {sorted(missing)}"
             )
-        if removed and self.fsync:
-            fsync_directory(self.directory)
 
     def _write_index(self) -> None:
         def entry(info: CheckpointInfo) -> dict[str, Any]:
@@ -303,7 +406,7 @@ class CheckpointKeeper:
         """Saves ``state`` for ``step`` with its ``metrics``, atomically.
 
         Args:
-            step: the training step, a non-negative integer not saved before.
+            step: the training step, an integer in [0, 2**63) (int, NumPy or torch) not saved before.
             state: anything ``torch.save`` takes; objects with a ``state_dict()``
                 (modules, optimizers, schedulers) are replaced by their state dict.
             metrics: numbers by name; must contain the ranking metric. All are stored
@@ -319,8 +422,9 @@ class CheckpointKeeper:
                 ranking metric.
         """
         self._check_usable()
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        if self.read_only:
+            raise RuntimeError(f"cannot save to {self.directory}: this keeper is read-only ({self._read_only_reason})")
+        step = as_step(step)
         values = _metrics(metrics, self.metric)
         with self._state_lock:
             if step in self._entries or step in self._pending_steps or (
@@ -429,10 +533,13 @@ class CheckpointKeeper:
             self._release_lock()
 
     def _release_lock(self) -> None:
+        lock_file, self._lock_file = self._lock_file, None
+        if lock_file is None:
+            return
         try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
         finally:
-            self._lock_file.close()
+            lock_file.close()
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -451,7 +558,7 @@ class CheckpointKeeper:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True) and self._executor is None:
+        if not getattr(self, "_closed", True) and getattr(self, "_executor", None) is None:
             self._release_lock()
 
     # ----------------------------------------------------------------- reading
@@ -482,6 +589,7 @@ class CheckpointKeeper:
         """
         import torch
 
+        step = as_step(step)
         with self._state_lock:
             info = self._entries.get(step)
             if info is None and self._latest is not None and self._latest.step == step:

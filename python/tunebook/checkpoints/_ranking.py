@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tunebook import _rust
+from tunebook._checks import as_seed
 
 ArrayLike = npt.ArrayLike
 
@@ -271,7 +272,7 @@ def bootstrap_best_of_k(
         budgets: the budgets k (positive integers, may exceed the number of trials).
         n_boot: samples per budget.
         quantiles: quantile levels in [0, 1], linear interpolation (numpy's default).
-        seed: the random seed; a budget's samples depend only on (seed, k).
+        seed: the random seed, in ``[0, 2**64)``; a budget's samples depend only on (seed, k).
         mode: "min" or "max".
         return_samples: also return the raw samples, shape ``(len(budgets), n_boot)``.
 
@@ -284,8 +285,7 @@ def bootstrap_best_of_k(
     q = np.ascontiguousarray(quantiles, dtype=np.float64).ravel()
     if int(n_boot) < 1:
         raise ValueError(f"{n_boot=} must be >= 1")
-    if seed < 0:
-        raise ValueError(f"{seed=} must be >= 0")
+    seed = as_seed(seed, limit=2**64)  # the Rust core's u64
     values = _rust.bootstrap_quantiles(best, budget_array, int(n_boot), q, int(seed), mode)
     samples = None
     if return_samples:

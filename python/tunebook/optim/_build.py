@@ -3,8 +3,8 @@
 The extension is compiled with :func:`torch.utils.cpp_extension.load` and ninja into a cache
 directory whose name is a hash of everything that changes the binary: the sources, the torch
 version, the compiler flags, the host CPU's ``-march=native`` target and, with CUDA, the
-architecture list. The first use builds (a minute or two, announced on stderr); every later
-use in any process loads the cached library. The ops register themselves with the
+architecture list and nvcc's version. The first use builds (a minute or two, announced on
+stderr); every later use in any process loads the cached library. The ops register themselves with the
 dispatcher (``torch.ops.tunebook.*``) as a side effect of loading (``is_python_module=False``).
 
 When no compiler is available the optimizers fall back to the pure-torch reference path with
@@ -12,7 +12,8 @@ exactly one warning; ``TUNEBOOK_BACKEND=reference`` selects that path without bu
 
 Environment:
     TUNEBOOK_CACHE_DIR: cache root (default ``~/.cache/tunebook``).
-    TUNEBOOK_CSRC: the csrc/ directory (default: ``<repo>/csrc`` next to ``python/``).
+    TUNEBOOK_CSRC: the kernel sources (default: ``tunebook/_csrc`` inside the package, which
+        in a checkout links to ``<repo>/csrc``).
     TUNEBOOK_BACKEND: ``reference`` to never build.
     TUNEBOOK_BUILD_CUDA: ``1`` to compile the .cu sources even without a visible GPU (a CUDA
         toolkit is needed; ``TORCH_CUDA_ARCH_LIST`` picks the targets, default ``9.0``).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ._cuda_toolkit import cuda_home, cudart_link_dir
+from ._cuda_toolkit import cudart_link_dir, find_toolkit, toolkit_problem
 
 __all__ = ["build_library", "library_backends", "csrc_dir"]
 
@@ -59,14 +61,33 @@ _NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 _lock = threading.Lock()
 _warned_fallback = False
+_warned_toolkit = False
 
 
 def csrc_dir() -> Path:
-    """The csrc/ directory holding the kernel sources."""
+    """The directory holding the kernel sources.
+
+    ``$TUNEBOOK_CSRC`` if set; else the sources shipped inside the package
+    (``tunebook/_csrc``, found through :mod:`importlib.resources`; in a checkout that is a
+    symbolic link to the repository's ``csrc/``, so edits there are picked up in place);
+    else a checkout's ``csrc/`` beside ``python/``.
+
+    Raises:
+        RuntimeError: no kernel sources anywhere (an incomplete installation).
+    """
     env = os.environ.get("TUNEBOOK_CSRC")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "csrc"
+    packaged = Path(str(importlib.resources.files("tunebook") / "_csrc"))
+    checkout = Path(__file__).resolve().parents[3] / "csrc"
+    for candidate in (packaged, checkout):
+        if (candidate / "ops.cpp").is_file():
+            return candidate
+    raise RuntimeError(
+        f"tunebook's kernel sources are missing (no {packaged / 'ops.cpp'}): this installation is "
+        "incomplete; reinstall it (pip install --force-reinstall tunebook), or set TUNEBOOK_CSRC to a "
+        "checkout's csrc/ directory"
+    )
 
 
 def _cxx() -> str | None:
@@ -88,22 +109,40 @@ def _native_target(cxx: str) -> str:
 
 
 def _use_cuda_home() -> Path | None:
-    """Finds the CUDA toolkit (also the pip one) and points cpp_extension at it."""
+    """Finds a CUDA toolkit of torch's major version (also the pip one) and points
+    cpp_extension at it, also when $CUDA_HOME names one of another major version (which
+    cpp_extension would otherwise use: it reads $CUDA_HOME once, at import)."""
     from torch.utils import cpp_extension
 
-    home = cuda_home()
-    if home is not None and cpp_extension.CUDA_HOME is None:
-        os.environ.setdefault("CUDA_HOME", str(home))
-        cpp_extension.CUDA_HOME = str(home)  # read by load(); computed once at import
-    return home
+    toolkit = find_toolkit()
+    if toolkit is None:
+        return None
+    if cpp_extension.CUDA_HOME is None or Path(cpp_extension.CUDA_HOME) != toolkit.home:
+        cpp_extension.CUDA_HOME = str(toolkit.home)  # read by load()
+    if not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = str(toolkit.home)
+    return toolkit.home
 
 
 def _cuda_wanted() -> bool:
-    if torch.version.cuda is None or _use_cuda_home() is None:
+    if torch.version.cuda is None:
         return False
-    if os.environ.get("TUNEBOOK_BUILD_CUDA") == "1":
-        return True
-    return torch.cuda.is_available()
+    wanted = os.environ.get("TUNEBOOK_BUILD_CUDA") == "1" or torch.cuda.is_available()
+    if _use_cuda_home() is None:
+        if wanted:
+            _warn_toolkit(
+                "tunebook: a CUDA GPU is visible but the CUDA kernels cannot be built, so CUDA "
+                f"params use the slower pure-torch reference path: {toolkit_problem()}"
+            )
+        return False
+    return wanted
+
+
+def _warn_toolkit(message: str) -> None:
+    global _warned_toolkit
+    if not _warned_toolkit:
+        _warned_toolkit = True
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _cuda_arch_list() -> str:
@@ -137,7 +176,11 @@ def _cache_key(with_cuda: bool, cxx: str) -> str:
     digest.update(torch.__version__.encode())
     digest.update(repr((_CFLAGS, _LDFLAGS, sys.version_info[:2], _native_target(cxx))).encode())
     if with_cuda:
-        digest.update(repr((torch.version.cuda, _cuda_arch_list(), _NVCC_FLAGS)).encode())
+        toolkit = find_toolkit()
+        # nvcc's own version, not just torch's CUDA: two nvcc releases (or a toolkit swapped
+        # under a cached library) compile different binaries.
+        nvcc = toolkit.version if toolkit else None
+        digest.update(repr((torch.version.cuda, nvcc, _cuda_arch_list(), _NVCC_FLAGS)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -160,7 +203,7 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
     _ensure_ninja_on_path()
     cxx = _cxx()
     if cxx is None:
-        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+        raise RuntimeError("no C++ compiler found (neither $CXX, c++ nor g++ is on PATH)")
     if with_cuda is None:
         with_cuda = _cuda_wanted()
     key = _cache_key(with_cuda, cxx)
@@ -177,7 +220,14 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
         try:
             torch.ops.load_library(str(library))
             return library
-        except OSError:
+        except OSError as error:
+            reason = _dlopen_reason(error)
+            if _missing_dependency(reason, library):
+                # Rebuilding would give the same library and the same failure, in every
+                # new process: say why instead.
+                raise RuntimeError(
+                    f"the cached kernel library {library} cannot be loaded: {reason}"
+                ) from error
             library.unlink()  # a link step cut short: rebuild it
     _remove_stale_lock(build_dir)
     if not library.exists():
@@ -192,7 +242,14 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
         os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
         home = _use_cuda_home()
         if home is None:
-            raise RuntimeError("with_cuda=True but no CUDA toolkit (nvcc) was found")
+            raise RuntimeError(f"with_cuda=True but {toolkit_problem()}")
+        toolkit = find_toolkit()
+        passed_over = [f"{where}={path} ({why})" for where, path, why in toolkit.rejected
+                       if where.startswith("$")]
+        if passed_over:
+            print(f"tunebook: not using {', '.join(passed_over)}: torch needs CUDA "
+                  f"{torch.version.cuda.split('.')[0]}.x; building with nvcc {toolkit.version} "
+                  f"from {home} ({toolkit.source})", file=sys.stderr, flush=True)
         link_dir = cudart_link_dir(build_dir, home)
         if link_dir is not None:
             ldflags.append(f"-L{link_dir}")
@@ -216,6 +273,20 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
             else:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
     return library
+
+
+def _dlopen_reason(error: BaseException) -> str:
+    """The loader's own message: torch.ops.load_library wraps it ("Could not load this
+    library: ...") and chains the original."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error)
+
+
+def _missing_dependency(reason: str, library: Path) -> bool:
+    """Whether dlopen failed on a library that ``library`` needs (``libcudart.so.12: cannot
+    open shared object file``), rather than on ``library`` itself (truncated, not ELF)."""
+    return "cannot open shared object file" in reason and not reason.startswith(str(library))
 
 
 # A build takes minutes; a lock older than this was left by a process that died holding it.
@@ -254,6 +325,26 @@ def _ensure_ninja_on_path() -> None:
             return
 
 
+def build_failure_hint(cause: str) -> str | None:
+    """What to install when the kernel build failed with ``cause``, or None if unknown."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if "no C++ compiler" in cause:
+        return (
+            "install a C++ compiler: apt-get install g++ (Debian/Ubuntu), dnf install gcc-c++ "
+            "(Fedora/RHEL), or conda install -c conda-forge gxx; or point CXX at one"
+        )
+    if "Python.h" in cause:
+        return (
+            f"install the Python development headers: apt-get install python{version}-dev "
+            "(Debian/Ubuntu) or dnf install python3-devel (Fedora/RHEL)"
+        )
+    if "Ninja is required" in cause or "ninja: not found" in cause:
+        return "install ninja: pip install ninja"
+    if "omp.h" in cause:
+        return "install OpenMP for your compiler: apt-get install libomp-dev (clang) or use g++"
+    return None
+
+
 def _has_kernel(op: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"tunebook::{op}", key)
 
@@ -268,9 +359,12 @@ def _load() -> frozenset[str]:
     except Exception as error:  # noqa: BLE001 - any build failure means: use the reference
         if not _warned_fallback:
             _warned_fallback = True
+            cause = str(error).strip()
+            hint = build_failure_hint(cause)
             warnings.warn(
                 "tunebook: could not build the C++ optimizer kernels, so the optimizers use the "
-                f"slower pure-torch reference path. Cause: {str(error).strip()[-2000:]}",
+                f"slower pure-torch reference path.{f' To fix: {hint}.' if hint else ''} "
+                f"Cause: {cause[-2000:]}",
                 RuntimeWarning,
                 stacklevel=4,
             )

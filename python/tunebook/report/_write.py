@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from tunebook.analysis import StudyAnalysis, analyze_study
 from tunebook.analysis._trials import trial_views
 from tunebook.report._figures import image_tag
+from tunebook.report._playbook import playbook_sections, playbook_warnings, records_of
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; margin: 0;
@@ -32,6 +33,9 @@ tr.failed td, tr.running td, tr.pending td { color: #888; }
 .warnings li { background: #fff0f0; border-left: 4px solid #b00020; padding: 6px 10px; margin: 6px 0; }
 .warnings code { background: #fde0e0; padding: 0 4px; border-radius: 3px; }
 .ok { background: #effaef; border-left: 4px solid #2e7d32; padding: 6px 10px; }
+.verdict, .verdict-bad { padding: 8px 12px; max-width: 900px; font-weight: 500; }
+.verdict { background: #eef4fb; border-left: 4px solid #1f77b4; }
+.verdict-bad { background: #fff4e0; border-left: 4px solid #e65100; }
 img { max-width: 100%; background: white; border: 1px solid #e5e5e5; margin: 8px 0; }
 .note { color: #555; font-size: 0.9em; max-width: 900px; }
 .scroll { max-height: 520px; overflow: auto; display: inline-block; max-width: 100%; }
@@ -98,8 +102,6 @@ def render_report(
     from tunebook.analysis import _draw
 
     study = study_or_trials if hasattr(study_or_trials, "trials") and callable(study_or_trials.trials) else None
-    if analysis is None:
-        analysis = analyze_study(study_or_trials, **analysis_options)
     trials = list(study.trials()) if study is not None else list(study_or_trials)
     views = trial_views(trials)
     if summary is None and study is not None and hasattr(study, "summary"):
@@ -107,6 +109,10 @@ def render_report(
     summary = dict(summary or {})
     name = summary.get("name") or getattr(study, "name", None) or "study"
     title = title or f"tunebook study report: {name}"
+    if analysis is None and not any(v.state in ("complete", "infeasible") for v in views):
+        return _unfinished_report(title, name, views, summary, extra_html)
+    if analysis is None:
+        analysis = analyze_study(study_or_trials, **analysis_options)
     feasible = [v for v in views if v.feasible]
     best = min(feasible, key=lambda v: (v.value if analysis.mode == "min" else -v.value, v.index), default=None)
 
@@ -123,17 +129,19 @@ def render_report(
         ("notes", summary.get("notes")),
         ("reproduce with", summary.get("command")),
     ]
+    records = records_of(study)  # the playbook procedures the study recorded
     parts = [
         f"<h1>{escape(title)}</h1>",
         f"<div class='sub'>written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by tunebook</div>",
         _kv_table([r for r in rows if r[1] not in (None, "")]),
         "<h2>Warnings</h2>",
-        _warnings_html(analysis.warnings),
+        _warnings_html(tuple(dict.fromkeys((*analysis.warnings, *playbook_warnings(records))))),
         extra_html,
     ]
     if best is not None:
         parts.append(_section("Best configuration", f"trial {best.index}",
                               _kv_table(list(best.params.items()))))
+    parts.append(playbook_sections(records, _warnings_html, dpi))
     parts.append(_section(
         "Hyperparameter axis plots",
         "The metric against each hyperparameter varied in the study; red x are infeasible trials "
@@ -182,13 +190,47 @@ def render_report(
     ))
     parts.append(_section("All trials", "Best trial highlighted; infeasible trials in red.",
                           _trials_table(views, None if best is None else best.index)))
-    body = "\n".join(parts)
+    return _page(title, "\n".join(parts))
+
+
+def _page(title: str, body: str) -> str:
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
+
+
+def _unfinished_report(title: str, name: str, views: Sequence[Any], summary: dict[str, Any], extra_html: str) -> str:
+    """The report of a study with no finished trial yet: what there is, and what to do."""
+    counts = {s: sum(v.state == s for v in views) for s in ("running", "pending", "failed")}
+    rows = [
+        ("study", name),
+        ("metric", f"{summary['metric']} ({summary['mode']})" if summary.get("metric") else None),
+        ("trials run", f"0 of {summary.get('max_trials') or len(views)}"),
+        ("running / pending / failed", " / ".join(str(counts[s]) for s in ("running", "pending", "failed"))),
+        ("config", summary.get("config")),
+        ("notes", summary.get("notes")),
+        ("reproduce with", summary.get("command")),
+    ]
+    if not views:
+        state = "No trial has been run yet."
+    else:
+        state = (f"None of its {len(views)} trials has finished as complete or infeasible yet "
+                 f"({counts['running']} running, {counts['pending']} pending, {counts['failed']} failed).")
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        f"<div class='sub'>written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by tunebook</div>",
+        _kv_table([r for r in rows if r[1] not in (None, "")]),
+        "<h2>No finished trial yet</h2>",
+        f"<p class='note'>{escape(state)} The plots and the playbook's checks need at least one finished "
+        "trial: run trials (or let the running ones finish), then write the report again.</p>",
+        extra_html,
+    ]
+    if views:
+        parts.append(_section("All trials", "Failed trials in grey.", _trials_table(views, None)))
+    return _page(title, "\n".join(parts))
 
 
 def default_report_path(name: str) -> Path:
@@ -201,7 +243,10 @@ def write_report(study: Any, out_path: str | Path | None = None, **options: Any)
 
     It holds the study table (name, metric, trials run and infeasible, best value,
     config, notes, reproduction command), every warning of
-    :func:`tunebook.analysis.analyze_study`, the best configuration, the axis plots,
+    :func:`tunebook.analysis.analyze_study`, the best configuration, a section for each
+    playbook procedure the study recorded (:func:`tunebook.playbook.record`: the
+    throughput sweep, max_train_steps, the instability checks, the warmup sweep, Round
+    2), the axis plots,
     an isolation plot per scientific hyperparameter, the best trials' training curves,
     the best-checkpoint step distribution, the gradient norms (when trials reported a
     ``grad_norm`` metric), the "have we sampled enough" box plots, and the table of

@@ -23,13 +23,35 @@ array of the same shape, so a whole schedule can be tabulated in one call
 ScalarOrSchedule = Union[float, Schedule]
 
 
+# Steps beyond this are the same as this for every schedule (all have settled, or are
+# periodic at a phase float64 cannot resolve); it keeps Python ints of any size finite.
+_STEP_CLAMP = 2.0**1000
+
+
+def _clamped(value: int) -> float:
+    return float(max(-_STEP_CLAMP, min(_STEP_CLAMP, value)))
+
+
 def as_steps(step: StepLike) -> tuple[np.ndarray, bool]:
-    """Return ``(steps as float64 array, whether the input was a scalar)``."""
+    """Return ``(steps as float64 array, whether the input was a scalar)``.
+
+    Any integer is a step, however large (``schedule(10**20)``); so are NumPy integers,
+    floats and arrays of them.
+    """
+    if isinstance(step, int) and not isinstance(step, bool):
+        return np.asarray(_clamped(step)), True
     array = np.asarray(step)
+    if array.dtype == object and array.size and all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) for s in array.flat
+    ):
+        return np.vectorize(_clamped, otypes=[np.float64])(array), array.ndim == 0
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):
-        raise TypeError(f"step must be an int or an array of ints, got {type(step).__name__}")
+        raise TypeError(
+            f"step must be an int or an array of ints, got {type(step).__name__}"
+            + (f" of {array.dtype}" if isinstance(step, np.ndarray) else "")
+        )
     return array.astype(np.float64), array.ndim == 0
 
 
@@ -65,9 +87,13 @@ def evaluate(schedule: Schedule, step: int) -> float:
 def check_finite(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r} must be a real number")
-    if not math.isfinite(float(value)):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float64
+        number = math.inf
+    if not math.isfinite(number):
         raise ValueError(f"{name}={value!r} must be finite")
-    return float(value)
+    return number
 
 
 def check_nonnegative(name: str, value: object) -> float:
@@ -89,6 +115,8 @@ def check_int(name: str, value: object, minimum: int) -> int:
         raise TypeError(f"{name}={value!r} must be an int")
     if value < minimum:
         raise ValueError(f"{name}={value!r} must be >= {minimum}")
+    if value >= 2**63:
+        raise ValueError(f"{name}={value!r} must be < 2**63 (a number of steps)")
     return int(value)
 
 

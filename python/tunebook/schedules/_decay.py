@@ -147,7 +147,8 @@ def rsqrt_schedule(init_value: float, timescale: float = 10_000.0) -> Schedule:
 
     def schedule(step: StepLike) -> float | np.ndarray:
         steps, scalar = as_steps(step)
-        return finish(init_value / np.sqrt(1.0 + np.maximum(steps, 0.0) / timescale), scalar)
+        with np.errstate(over="ignore"):  # steps / timescale past float64: the value is 0, as it should be
+            return finish(init_value / np.sqrt(1.0 + np.maximum(steps, 0.0) / timescale), scalar)
 
     return schedule
 
@@ -193,7 +194,8 @@ def exponential_decay(
         power = np.maximum(steps - transition_begin, 0.0) / transition_steps
         if staircase:
             power = np.floor(power)
-        values = init_value * decay_rate**power
+        with np.errstate(over="ignore"):  # growth past float64 is inf, as the formula says
+            values = init_value * decay_rate**power
         if end_value is not None:
             values = np.maximum(values, end_value) if decay_rate < 1 else np.minimum(values, end_value)
         return finish(values, scalar)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -95,6 +96,34 @@ class ScheduleLR(LRScheduler):
         }
 
 
+def _tabulate(schedule: Schedule, total_steps: int, group: int) -> np.ndarray:
+    """``schedule`` at steps ``0 .. total_steps - 1``, float64.
+
+    tunebook's schedules take the whole array at once. A plain Python function of one step
+    (``lambda s: 0.1 if s < 5 else 0.01``, ``math.cos``) cannot: it raises or returns one
+    value, and is then called once per step with an ``int``.
+    """
+    steps = np.arange(total_steps)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = np.asarray(schedule(steps), dtype=np.float64)
+        if values.shape == (total_steps,):
+            return values
+    except Exception:  # noqa: BLE001 - not vectorised: evaluate step by step below
+        pass
+    values = np.empty(total_steps, dtype=np.float64)
+    for step in range(total_steps):
+        try:
+            value = schedule(step)
+            values[step] = float(value)
+        except (TypeError, ValueError) as error:
+            raise (TypeError if isinstance(error, TypeError) else ValueError)(
+                f"the schedule of param group {group} must return a number for an int step; at step {step}: {error}"
+            ) from error
+    return values
+
+
 class DeviceSchedule:
     r"""Keep each param group's learning rate on the device and advance it with device ops.
 
@@ -163,9 +192,13 @@ class DeviceSchedule:
                 device = params[0].device if params else torch.device("cpu")
                 table_dtype = dtype or torch.float32
                 group["lr"] = torch.tensor(float(lr), dtype=table_dtype, device=device)
-            values = np.asarray(group_schedule(steps), dtype=np.float64).reshape(self.total_steps)
+            values = _tabulate(group_schedule, self.total_steps, index)
             if not np.all(np.isfinite(values)):
-                raise ValueError(f"the schedule of param group {index} has non-finite values")
+                bad = int(np.flatnonzero(~np.isfinite(values))[0])
+                raise ValueError(
+                    f"the schedule of param group {index} is {values[bad]} at step {bad}: a learning rate "
+                    "must be finite"
+                )
             self.tables.append(torch.as_tensor(values, dtype=table_dtype).to(device))
             self.counters.append(torch.zeros((), dtype=torch.int64, device=device))
         # Like a torch LRScheduler, apply step 0 at construction (a host-side setup step).

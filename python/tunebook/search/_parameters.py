@@ -96,7 +96,8 @@ class Parameter:
     def from_unit(self, u: np.ndarray) -> list[Any]:
         r"""Maps points ``u`` in [0, 1) to values.
 
-        * float, linear: :math:`low + u\,(high - low)`; log: :math:`\exp(\log low + u \log(high/low))`.
+        * float, linear: :math:`low + u\,(high - low)` (:math:`(1 - u)\,low + u\,high` when
+          the width overflows float64); log: :math:`\exp(\log low + u \log(high/low))`.
         * int, linear: :math:`low + \lfloor u\,(high - low + 1) \rfloor`, so every integer is
           equally likely; log: the log-uniform value on :math:`[low - 1/2, high + 1/2]`
           rounded to the nearest integer, so :math:`P(k) \propto \log\frac{k + 1/2}{k - 1/2}`
@@ -116,8 +117,12 @@ class Parameter:
         if self.kind == "float":
             if self.scale == "log":
                 values = np.exp(math.log(low) + u * (math.log(high) - math.log(low)))
-            else:
+            elif math.isfinite(high - low):
                 values = low + u * (high - low)
+            else:
+                # The width overflows (e.g. -1e308 .. 1e308): interpolate without forming it.
+                # Both terms are finite and of opposite signs, so the sum is too.
+                values = (1.0 - u) * low + u * high
             return np.clip(values, low, high).tolist()
         if self.scale == "log":
             a, b = math.log(low - 0.5), math.log(high + 0.5)

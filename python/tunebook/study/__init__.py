@@ -11,12 +11,14 @@ from tunebook.study._schema import SCHEMA_VERSION, SchemaVersionError
 from tunebook.study._storage import default_storage
 from tunebook.study._study import Study, list_studies
 from tunebook.study._trial import STATES, LeaseLostError, Trial, TrialRecord
+from tunebook.study._url import StorageError
 
 __all__ = [
     "SCHEMA_VERSION",
     "STATES",
     "LeaseLostError",
     "SchemaVersionError",
+    "StorageError",
     "Study",
     "Trial",
     "TrialRecord",

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tunebook.study._storage import run_transaction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -75,8 +75,25 @@ metrics = sa.Table(
     sa.Column("value", sa.Float, nullable=True),
 )
 
+# A study's named JSON values (Study.set_attr / Study.attrs): what the playbook's
+# procedures record for the report. One row per key, so writers of different keys never
+# overwrite each other. Added in schema version 2.
+study_attrs = sa.Table(
+    "tunebook_study_attrs",
+    metadata,
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("tunebook_studies.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("value_json", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+def _add_study_attrs(connection: Connection) -> None:
+    study_attrs.create(connection, checkfirst=True)
+
+
 #: Migrations: MIGRATIONS[v] upgrades a version-v database to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_study_attrs}
 
 
 class SchemaVersionError(RuntimeError):

@@ -21,6 +21,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
+from tunebook.study._url import parse as parse_storage
+from tunebook.study._url import sqlite_file
+
 T = TypeVar("T")
 
 #: The environment variable naming the default storage URL.
@@ -107,30 +110,28 @@ def _postgres_driver(url: sa.URL) -> sa.URL:
         except ImportError:
             continue
         return url.set(drivername=driver)
-    raise ImportError("PostgreSQL storage needs a driver: pip install 'tunebook[postgres]' (psycopg2-binary)")
+    raise ImportError('PostgreSQL storage needs a driver: pip install "tunebook[postgres]" (psycopg2-binary)')
 
 
 def get_engine(storage: str) -> Engine:
     """The process's engine for a storage URL (created once, re-created after fork)."""
+    url = parse_storage(storage)  # ValueError naming the fix for a malformed URL
+    path = sqlite_file(url)
+    if path is not None:
+        # One engine per file, whatever the current directory was when it was named
+        # (SQLite resolves a relative path at each connect; "~" it does not expand).
+        url = url.set(database=str(path.absolute()))
+    key = url.render_as_string(hide_password=False)
     with _engines_lock:
-        engine = _engines.get(storage)
+        engine = _engines.get(key)
         if engine is None:
-            try:
-                url = sa.make_url(storage)
-            except sa.exc.ArgumentError:
-                raise ValueError(
-                    f"storage must be a database URL such as 'sqlite:///tunebook.db' or "
-                    f"'postgresql://user:password@host:5432/db', got {storage!r}"
-                ) from None
             if url.get_backend_name() == "sqlite":
                 engine = _sqlite_engine(url)
-            elif url.get_backend_name() == "postgresql":
+            else:
                 # No pre-ping (a round trip per transaction): run_transaction retries on a
                 # connection found dead instead.
                 engine = sa.create_engine(_postgres_driver(url), pool_size=4, max_overflow=4)
-            else:
-                raise ValueError(f"storage must be a SQLite or PostgreSQL URL, got {url.get_backend_name()!r}")
-            _engines[storage] = engine
+            _engines[key] = engine
         return engine
 
 

@@ -18,9 +18,15 @@ from sqlalchemy.engine import Connection
 
 from tunebook.study._schema import ensure_schema
 from tunebook.study._schema import metrics as metrics_table
+from tunebook.study._schema import study_attrs as attrs_table
 from tunebook.study._schema import studies as studies_table
 from tunebook.study._schema import trials as trials_table
+from tunebook._checks import as_integer, as_seed, as_text
 from tunebook.study._storage import default_storage, get_engine, run_transaction
+from tunebook.study._url import StorageError, has_studies
+from tunebook.study._url import display as display_storage
+from tunebook.study._url import error_message as storage_error_message
+from tunebook.study._url import normalize as normalize_storage
 from tunebook.study._trial import Trial, TrialRecord
 
 _UNSET: Any = object()
@@ -184,7 +190,8 @@ class Study:
         storage: a SQLAlchemy URL: ``sqlite:///path.db`` (the default is
             ``$TUNEBOOK_STORAGE`` or ``sqlite:///tunebook.db``) or
             ``postgresql://user:password@host:port/db`` for many machines.
-        seed: the Halton scrambling seed (default 0 for a new study; checked on reopen).
+        seed: the Halton scrambling seed, an integer in ``[0, 2**63)`` (default 0 for
+            a new study; checked on reopen).
         max_trials: how many trials the study runs; None for no limit. Given when
             reopening, it replaces the stored limit (to extend a study).
         metric: the metric whose best value ranks trials (default "valid_loss").
@@ -194,8 +201,10 @@ class Study:
         command: the command that reproduces the study.
 
     Raises:
-        ValueError: reopening with a different space, seed, metric or mode, or
-            creating a study without a space.
+        ValueError: reopening with a different space, seed, metric or mode, a
+            malformed storage URL, or an out-of-range seed.
+        LookupError: reopening by name a study that does not exist.
+        StorageError: the storage cannot be opened (the message names it and the fix).
 
     Example:
         >>> study = Study("lr-wd", space, storage="sqlite:///runs/studies.db", max_trials=64)
@@ -221,18 +230,29 @@ class Study:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        if mode is not None and mode not in ("min", "max"):
+        as_text("name", name, limit=255)
+        if mode is not None and not (isinstance(mode, str) and mode in ("min", "max")):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 0):
-            raise ValueError(f"{max_trials=} must be a non-negative integer or None")
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"{seed=} must be a non-negative integer")
+        if max_trials is not None:
+            max_trials = as_integer("max_trials", max_trials)
+            if not 0 <= max_trials < 2**31:
+                raise ValueError(f"{max_trials=} must be a non-negative integer below 2**31, or None")
+        if metric is not None:
+            as_text("metric", metric, limit=255, empty=False)
+        for label, text in (("config_path", config_path), ("notes", notes), ("command", command)):
+            if text is not None:
+                as_text(label, text)
+        if seed is not None:
+            seed = as_seed(seed)  # stored as a signed 64-bit integer
         if space is not None and not (hasattr(space, "sample") and hasattr(space, "to_dict")):
             raise ValueError("space must be a SearchSpace (with sample() and to_dict()), got " + type(space).__name__)
         self.name = name
-        self.storage = storage or default_storage()
-        self.engine = get_engine(self.storage)
-        ensure_schema(self.engine)
+        self.storage = normalize_storage(storage or default_storage())
+        try:
+            self.engine = get_engine(self.storage)
+            ensure_schema(self.engine)
+        except (sa.exc.DBAPIError, OSError) as error:
+            raise StorageError(storage_error_message(self.storage, error)) from error
         space_json = _dumps(space.to_dict()) if space is not None else None
         space_class = _space_class(space) if space is not None else None
 
@@ -274,7 +294,13 @@ class Study:
                 row = connection.execute(sa.select(studies_table).where(studies_table.c.id == row.id)).one()
             return row
 
-        row = run_transaction(self.engine, open_or_create, write=True, retry_integrity=True)
+        # Reopening by name alone writes nothing, so it takes no write lock (and creates no
+        # lock file): read-only commands and read-only directories can open a study.
+        writes = space is not None or any(v is not None for v in (max_trials, config_path, notes, command))
+        try:
+            row = run_transaction(self.engine, open_or_create, write=writes, retry_integrity=True)
+        except (sa.exc.DBAPIError, OSError) as error:
+            raise StorageError(storage_error_message(self.storage, error)) from error
         self._id = row.id
         self.seed = int(row.seed)
         self.metric, self.mode = row.metric, row.mode
@@ -301,10 +327,7 @@ class Study:
             raise differs("mode", repr(row.mode), repr(mode))
 
     def _safe_storage(self) -> str:
-        try:
-            return sa.make_url(self.storage).render_as_string(hide_password=True)
-        except Exception:
-            return "<storage>"
+        return display_storage(self.storage)
 
     @classmethod
     def load(cls, name: str, storage: str | None = None) -> Study:
@@ -531,6 +554,51 @@ class Study:
             "command": self.command,
         }
 
+    # -------------------------------------------------------------- attributes
+    def set_attr(self, key: str, value: Any) -> None:
+        """Stores a JSON value under ``key`` with the study, replacing any earlier one.
+
+        What a study remembers besides its trials: the playbook's procedures record
+        their results here (``playbook.throughput_sweep``, ...) for the report. Any
+        worker can write; the last write of a key wins, other keys are untouched.
+
+        Args:
+            key: a non-empty string of at most 255 characters.
+            value: anything ``json.dumps`` accepts (numpy scalars and arrays too; NaN
+                and infinities are kept).
+
+        Raises:
+            ValueError: an empty or too long key.
+            TypeError: a value that is not JSON serialisable.
+        """
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise ValueError(f"key must be a non-empty string of at most 255 characters, got {key!r}")
+        try:
+            text = json.dumps(value, sort_keys=True, default=_json_default)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"the value of study attribute {key!r} must be JSON serialisable: {error}") from None
+
+        def write(connection: Connection) -> None:
+            where = (attrs_table.c.study_id == self._id) & (attrs_table.c.key == key)
+            connection.execute(attrs_table.delete().where(where))
+            connection.execute(attrs_table.insert().values(study_id=self._id, key=key, value_json=text,
+                                                           updated_at=time.time()))
+
+        run_transaction(self.engine, write, write=True, retry_integrity=True)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Every attribute stored with :meth:`set_attr`, by key (read from storage each time)."""
+
+        def read(connection: Connection) -> list[Any]:
+            return connection.execute(
+                sa.select(attrs_table.c.key, attrs_table.c.value_json)
+                .where(attrs_table.c.study_id == self._id)
+                .order_by(attrs_table.c.key)
+            ).all()
+
+        return {key: json.loads(text) for key, text in run_transaction(self.engine, read, write=False)}
+
     def __repr__(self) -> str:
         return f"Study({self.name!r}, storage={self._safe_storage()!r}, seed={self.seed}, max_trials={self.max_trials})"
 
@@ -574,14 +642,16 @@ class _HistoryCache:
 def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     """The study table of a storage: :meth:`Study.summary` of every study, oldest first.
 
-    A SQLite file that does not exist yet holds no studies (and is not created)."""
-    storage = storage or default_storage()
-    url = sa.make_url(storage) if "://" in storage else None
-    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        if not os.path.exists(os.path.expanduser(url.database)):
-            return []
+    Reading creates nothing: a SQLite file that does not exist, or a database without
+    tunebook's tables, holds no studies."""
+    storage = normalize_storage(storage or default_storage())
+    if not has_studies(storage):
+        return []
     engine = get_engine(storage)
-    ensure_schema(engine)
+    try:
+        ensure_schema(engine)
+    except (sa.exc.DBAPIError, OSError) as error:
+        raise StorageError(storage_error_message(storage, error)) from error
     names = run_transaction(
         engine,
         lambda c: [r.name for r in c.execute(sa.select(studies_table.c.name).order_by(studies_table.c.id))],

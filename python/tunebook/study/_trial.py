@@ -14,6 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tunebook._checks import STEP_LIMIT, as_step
 from tunebook.study._schema import metrics as metrics_table
 from tunebook.study._schema import trials as trials_table
 from tunebook.study._storage import run_transaction
@@ -90,6 +91,7 @@ class Trial:
         self.worker, self.lease_seconds = worker, lease_seconds
         self._id, self._claim = trial_id, claim
         self._buffer: dict[tuple[str, int], float] = {}
+        self._metric_names: set[str] = set()  # names already checked
         self._last_flush = time.monotonic()
         self._flush_every, self._flush_seconds = flush_every, flush_seconds
         self._write_lock = threading.Lock()
@@ -116,21 +118,37 @@ class Trial:
 
         NaN and ±inf are stored as reported; they never become the trial's best.
         Reporting the same metric at the same step again replaces the value.
+
+        Args:
+            step: an integer in ``[0, 2**63)`` (int, NumPy or one-element torch integer).
+            **metrics: numbers (or one-element arrays/tensors) by metric name; names are
+                at most 255 characters.
+
+        Raises:
+            ValueError: naming the bad step or metric; nothing of this call is recorded.
         """
         self._check_running()
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        if type(step) is not int or not 0 <= step < STEP_LIMIT:  # the common case checks nothing more
+            step = as_step(step)
         if not metrics:
             raise ValueError("report() needs at least one metric, e.g. report(step=10, valid_loss=0.5)")
-        step = int(step)
-        with self._write_lock:
-            for name, value in metrics.items():
-                if hasattr(value, "item"):
-                    value = value.item()
+        # Everything is checked before anything is buffered: a refused call records nothing.
+        values = []
+        for name, value in metrics.items():
+            if name not in self._metric_names:
+                if len(name) > 255 or "\x00" in name:
+                    raise ValueError(f"metric name {name[:40]!r}... must be at most 255 characters, without NUL")
+                self._metric_names.add(name)
+            if type(value) is not float:
                 try:
+                    if hasattr(value, "item"):
+                        value = value.item()
                     value = float(value)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, RuntimeError, OverflowError):
                     raise ValueError(f"metric {name!r} must be a number, got {value!r}") from None
+            values.append((name, value))
+        with self._write_lock:
+            for name, value in values:
                 self._buffer[(name, step)] = value
             due = len(self._buffer) >= self._flush_every or time.monotonic() - self._last_flush >= self._flush_seconds
         if due:
@@ -159,6 +177,9 @@ class Trial:
 
     def _finish(self, state: str, reason: str | None) -> None:
         self._check_running()
+        if reason is not None:
+            # Text columns take any string but NUL (PostgreSQL refuses it).
+            reason = str(reason).replace("\x00", "\\0")
         self._stop.set()
         if self._heartbeat_thread is not None and self._heartbeat_thread is not threading.current_thread():
             self._heartbeat_thread.join()
@@ -228,10 +249,14 @@ class Trial:
         if self._finished is not None:
             return
         if exc is not None:
+            # The user's exception propagates: recording the failure must never replace it.
             try:
                 self.fail(reason=f"{exc_type.__name__}: {exc}")
             except LeaseLostError:
                 pass
+            except Exception as error:  # noqa: BLE001 - reported on the user's exception
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"tunebook: trial {self.index} could not be marked failed: {error!r}")
         else:
             self.complete()
 
