@@ -180,8 +180,19 @@ class FusedOptimizer(Optimizer):
 
     @property
     def rule(self) -> str:
-        """The default update rule of new param groups ("torch" or "playbook")."""
+        """The update rule ("torch" or "playbook"): the default of new param groups.
+        Setting it sets it for every param group (it lives in ``param_groups``)."""
         return self.defaults.get("rule", "torch")
+
+    @rule.setter
+    def rule(self, value: str) -> None:
+        if "rule" not in self.defaults:
+            raise AttributeError(f"{type(self).__name__} has a single rule (torch.optim's)")
+        value = check_rule(value)
+        self.defaults["rule"] = value
+        for group in self.param_groups:
+            group["rule"] = value
+        self._invalidate_plans()
 
     def _params_device(self) -> torch.device | None:
         for group in self.param_groups:
