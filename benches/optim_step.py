@@ -5,12 +5,19 @@ Each row is one full optimizer step *with global-norm clipping* (max_norm=1.0):
     torch fused     clip_grad_norm_(foreach=True) + torch.optim.X(fused=True)  (Adam, AdamW, SGD)
     torch foreach   clip_grad_norm_(foreach=True) + torch.optim.X(foreach=True)
 Cases: (a) "large", a few large float32 tensors totalling ~64M params (``--quick``: ~8M), and
-(b) "small", ~2000 small tensors. Reported: the median step time over ``--steps`` timed steps
-(CUDA events on cuda), the competitor/tunebook ratio, the achieved bandwidth counting only
+(b) "small", ~2000 small tensors. Reported: the median (and the fastest) step time over
+``--steps`` timed steps (CUDA events on cuda), the competitor/tunebook ratio of the medians,
+the achieved bandwidth counting only
 the bytes that must move (the norm pass reads every grad once; the update reads and writes
 params and states once), and that floor's share of the copy bandwidth measured here.
 
     python benches/optim_step.py --device cpu [--quick] [--optimizers adam,sgd]
+        [--variants tunebook] [--cases large,small,strided,complex]
+
+Two more cases show what the layouts off tunebook's contiguous fast path cost: "strided",
+the small case's tensors as non-dense views (``torch.randn(n, 2)[:, 0]``, stepped through a
+contiguous working copy), and "complex", the small case as complex64 (stepped as real
+views); torch.optim handles both natively.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ def make_kwargs(name):
 
 
 def case_sizes(case, quick):
+    """Elements per tensor (complex: float32 elements, two per complex value); "strided" and
+    "complex" use the small case's sizes."""
     if case == "large":
         unit = (1 << 20) if quick else (1 << 23)  # 8M or 64M params in 5 tensors
         return [2 * unit, 2 * unit, 2 * unit, unit, unit]
@@ -80,11 +89,19 @@ def copy_bandwidth(device, timer, nbytes=1 << 28):
     return 2 * nbytes / statistics.median(times)
 
 
-def bench_variant(variant, name, sizes, device, steps, timer):
+def make_tensor(case, n, gen, device):
+    if case == "strided":  # a non-dense view: every other element of an (n, 2) tensor
+        return torch.randn(n, 2, generator=gen).to(device)[:, 0]
+    if case == "complex":
+        return torch.randn(max(n // 2, 1), dtype=torch.complex64, generator=gen).to(device)
+    return torch.randn(n, generator=gen).to(device)
+
+
+def bench_variant(variant, name, case, sizes, device, steps, timer):
     tb_cls, torch_cls, kwargs = make_kwargs(name)
     gen = torch.Generator().manual_seed(1)
-    params = [torch.randn(n, generator=gen).to(device).requires_grad_() for n in sizes]
-    saved = [torch.randn(n, generator=gen).to(device) for n in sizes]
+    params = [make_tensor(case, n, gen, device).requires_grad_() for n in sizes]
+    saved = [torch.randn(p.shape, dtype=p.dtype, generator=gen).to(device) for p in params]
     for p, g in zip(params, saved):
         p.grad = g.clone()
     if variant == "tunebook":
@@ -112,7 +129,7 @@ def bench_variant(variant, name, sizes, device, steps, timer):
     if variant == "tunebook":
         assert opt.grad_norms().clipped == steps + 3
     del opt, params, saved
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def main(argv=None):
@@ -122,6 +139,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant")
     parser.add_argument("--optimizers", default="adam,sgd,rmsprop,nadam")
     parser.add_argument("--cases", default="large,small")
+    parser.add_argument("--variants", default="tunebook,torch fused,torch foreach",
+                        help="comma-separated subset of: tunebook, torch fused, torch foreach")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     timer = Timer(device)
@@ -132,8 +151,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"load average {load:.2f}, copy bandwidth {bandwidth / 1e9:.2f} GB/s (read+write), "
           f"median of {steps} steps, max_grad_norm={MAX_NORM}")
-    header = (f"{'optimizer':<8} {'case':<6} {'params':>7} {'variant':<14} {'ms':>9} "
-              f"{'vs tunebook':>11} {'GB/s':>7} {'floor %':>8}")
+    header = (f"{'optimizer':<8} {'case':<7} {'params':>7} {'variant':<14} {'ms':>9} "
+              f"{'min ms':>8} {'vs tunebook':>11} {'GB/s':>7} {'floor %':>8}")
     print(header)
     print("-" * len(header))
     for name in args.optimizers.split(","):
@@ -142,14 +161,15 @@ def main(argv=None):
             n = sum(sizes)
             floor_bytes = FLOOR_BYTES[name] * n
             floor_seconds = floor_bytes / bandwidth
-            variants = ["tunebook"] + (["torch fused"] if name in TORCH_FUSED else []) + [
-                "torch foreach"]
+            wanted = args.variants.split(",")
+            variants = [v for v in ("tunebook", "torch fused", "torch foreach") if v in wanted
+                        and (v != "torch fused" or name in TORCH_FUSED)]
             base = None
             for variant in variants:
-                seconds = bench_variant(variant, name, sizes, device, steps, timer)
+                seconds, fastest = bench_variant(variant, name, case, sizes, device, steps, timer)
                 base = base or seconds
-                print(f"{name:<8} {case:<6} {n / 1e6:>6.1f}M {variant:<14} "
-                      f"{seconds * 1e3:>9.2f} {seconds / base:>10.2f}x "
+                print(f"{name:<8} {case:<7} {n / 1e6:>6.1f}M {variant:<14} "
+                      f"{seconds * 1e3:>9.2f} {fastest * 1e3:>8.2f} {seconds / base:>10.2f}x "
                       f"{floor_bytes / seconds / 1e9:>7.2f} {100 * floor_seconds / seconds:>7.0f}%",
                       flush=True)
 

@@ -11,10 +11,11 @@
 // CONTRACTS (shared by every backend):
 //
 // grad_sq_norm(Tensor[] grads) -> Tensor
-//   Sum over all elements of all `grads` of float(g)^2, accumulated in (at least) float32,
-//   returned as a new 0-dim float32 tensor on the grads' device. `grads` is non-empty, all on
-//   one device, each non-overlapping and dense (any strides, e.g. contiguous or
-//   channels_last), any mix of float32/bfloat16/float16, any sizes (empty allowed).
+//   Sum over all elements of all `grads` of float(g)^2 (double(g)^2 for float64 grads),
+//   accumulated in (at least) float32, returned as a new 0-dim float32 tensor on the grads'
+//   device: a sum above the float32 maximum is inf, on every backend. `grads` is non-empty,
+//   all on one device, each non-overlapping and dense (any strides, e.g. contiguous or
+//   channels_last), any mix of float32/bfloat16/float16/float64, any sizes (empty allowed).
 //   NaN/inf propagate.
 //   The CPU result is deterministic (fixed-size blocks, independent of the thread count).
 //
@@ -34,34 +35,49 @@
 //
 // Update ops, one per family, in place over lists (all lists of a call have equal length, or
 // length 0 where an option is off as noted). Within one call: params all on one device with
-// one dtype (float32/bfloat16/float16), grads with the params' dtype and shape, state
-// tensors with the params' shape and one dtype (the params' dtype or float32). `steps`,
-// `mu_products`: 0-dim float32 tensors on the params' device (torch's fused layout).
+// one dtype (float32/bfloat16/float16/float64; complex params are passed as their real
+// view), grads with the params' dtype and shape, state tensors with the params' shape and
+// one dtype (the params' dtype, or float32 for 16-bit params). The math runs in float32, or
+// in float64 for float64 params. `steps`, `mu_products`: 0-dim float32 tensors on the
+// params' device (torch's fused layout).
 // The tensors at one index share their strides and are non-overlapping and dense, so each is
-// processed as its flat storage (the Python layer copies anything else to contiguous).
+// processed as its flat storage (the Python layer hands over working copies of anything
+// else and writes them back).
 // `control` is the step_control_ output:
-//   if control[1] != 0 the op changes nothing at all (params, states, steps stay
+//   if control[1] != 0 the op changes nothing at all (params, states, steps, grads stay
 //   bit-identical); otherwise every raw grad element is multiplied by control[0] on load,
 //   each `steps[i]` is incremented by 1 first and the update uses the incremented value.
-// `lr_tensor`, when given (0-dim float32/float64 on the params' device), is read inside the
-// op every call and overrides `lr` (a schedule may rewrite it in place on the device).
+// `lr_tensor`, when given (0-dim float32/float64 on the params' device, or on the CPU, where
+// it is read on the host), is read inside the op every call and overrides `lr` (a schedule
+// may rewrite it in place on the device).
 // `rule`: 0 = torch.optim's formulas, 1 = the Tuning Playbook's (see optim_math.h).
+// `grad_scale` (GradScaler's scale, 1-element float32 on the params' device), when given:
+//   each applied step writes every grad back as raw grad / grad_scale (torch's fused
+//   optimizers' conditional gradient store, math::unscaled_grad), so `grads` are mutable.
 //
 // sgd_step_(params, grads, momentum_buffers, control, lr_tensor, lr, momentum, dampening,
-//           weight_decay, nesterov, maximize, is_first_step)
+//           weight_decay, nesterov, maximize, is_first_step, grad_scale)
 //   momentum_buffers: empty iff momentum == 0. is_first_step: buffers are written as
 //   buf = g (torch's clone on the first step); all tensors of a call share it.
 // adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, control,
 //            lr_tensor, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-//            decoupled_weight_decay, rule)
+//            decoupled_weight_decay, rule, grad_scale)
 //   max_exp_avg_sqs: empty iff not amsgrad. AdamW = decoupled_weight_decay=True.
 // rmsprop_step_(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, control,
-//               lr_tensor, lr, alpha, eps, weight_decay, momentum, centered, maximize, rule)
+//               lr_tensor, lr, alpha, eps, weight_decay, momentum, centered, maximize, rule,
+//               grad_scale)
 //   grad_avgs: empty iff not centered; momentum_buffers: empty iff momentum == 0.
 // nadam_step_(params, grads, exp_avgs, exp_avg_sqs, mu_products, steps, control, lr_tensor,
 //             lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay,
-//             maximize, rule)
+//             maximize, rule, grad_scale)
 //   mu_products[i] *= mu_t each applied step (also under the playbook rule, for the state).
+//
+// Version counters: every tensor an op may write (the `!` arguments) has its `_version`
+// bumped by each call, as torch's default (foreach) optimizers do, so autograd still catches
+// a parameter that was saved for backward and then updated (ADInplaceOrView kernels below).
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(tunebook, m) {
@@ -71,24 +87,74 @@ TORCH_LIBRARY(tunebook, m) {
       "Tensor(a!) control, Tensor(b!) counters, Tensor(c!) norm_log, float? max_grad_norm, "
       "bool skip_nonfinite) -> ()");
   m.def(
-      "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "sgd_step_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] momentum_buffers, "
       "Tensor control, Tensor? lr_tensor, float lr, float momentum, float dampening, "
-      "float weight_decay, bool nesterov, bool maximize, bool is_first_step) -> ()");
+      "float weight_decay, bool nesterov, bool maximize, bool is_first_step, "
+      "Tensor? grad_scale=None) -> ()");
   m.def(
-      "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "adam_step_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, "
       "Tensor control, Tensor? lr_tensor, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
-      "int rule) -> ()");
+      "int rule, Tensor? grad_scale=None) -> ()");
   m.def(
-      "rmsprop_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, "
+      "rmsprop_step_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] square_avgs, "
       "Tensor(c!)[] grad_avgs, Tensor(d!)[] momentum_buffers, Tensor(e!)[] steps, "
       "Tensor control, Tensor? lr_tensor, float lr, float alpha, float eps, "
-      "float weight_decay, float momentum, bool centered, bool maximize, int rule) -> ()");
+      "float weight_decay, float momentum, bool centered, bool maximize, int rule, "
+      "Tensor? grad_scale=None) -> ()");
   m.def(
-      "nadam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "nadam_step_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] mu_products, Tensor(e!)[] steps, "
       "Tensor control, Tensor? lr_tensor, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, float momentum_decay, bool decoupled_weight_decay, "
-      "bool maximize, int rule) -> ()");
+      "bool maximize, int rule, Tensor? grad_scale=None) -> ()");
+}
+
+namespace {
+
+constexpr const char* kMutatingOps[] = {"step_control_", "sgd_step_", "adam_step_",
+                                        "rmsprop_step_", "nadam_step_"};
+
+// The optimizer ops have no derivative: autograd passes them straight to ADInplaceOrView
+// below. (torch's default autograd fallback for ops without an autograd kernel skips the
+// ADInplaceOrView key, so without this no version counter would move.)
+void to_inplace_or_view(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                        torch::jit::Stack* stack) {
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+}
+
+// Bumps the version counter of every tensor the op may write (the schema's `!` arguments),
+// then runs the device kernel. torch's generic ADInplaceOrView fallback bumps only mutable
+// *returns*, and these ops return nothing. Cost: one atomic increment per tensor per call.
+void bump_versions_then_run(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                            torch::jit::Stack* stack) {
+  const auto& arguments = op.schema().arguments();
+  const size_t start = stack->size() - arguments.size();
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    const auto* alias = arguments[i].alias_info();
+    if (alias == nullptr || !alias->isWrite()) continue;
+    const c10::IValue& value = (*stack)[start + i];
+    if (value.isTensor()) {
+      torch::autograd::impl::bump_version(value.toTensor());
+    } else if (value.isTensorList()) {
+      for (const at::Tensor& t : value.toTensorList()) torch::autograd::impl::bump_version(t);
+    }
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tunebook, Autograd, m) {
+  for (const char* name : kMutatingOps) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&to_inplace_or_view>());
+  }
+}
+
+TORCH_LIBRARY_IMPL(tunebook, ADInplaceOrView, m) {
+  for (const char* name : kMutatingOps) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&bump_versions_then_run>());
+  }
 }

@@ -1,9 +1,10 @@
 // The per-element update math of every tunebook optimizer, written once.
 //
 // Everything here is `TB_HOST_DEVICE` and header-only, so the CPU loops (csrc/cpu/, g++) and
-// the CUDA functors (csrc/cuda/, nvcc) call the very same functions. The math is float32
-// ("opmath", as torch's fused kernels): low-precision params, grads and states are widened
-// to float on load and rounded once on store by the caller.
+// the CUDA functors (csrc/cuda/, nvcc) call the very same functions. The math runs in the
+// params' "opmath" type `T` (as torch's fused kernels): float for float32/bfloat16/float16
+// params, whose low-precision values are widened on load and rounded once on store by the
+// caller, and double for float64 params (`OpMath<param_t>::type`).
 //
 // Two kinds of functions:
 //   * `*_scalars(...)`: per-tensor scalars (bias corrections, step sizes, NAdam's mu
@@ -57,15 +58,37 @@ constexpr int kCounterSize = 3;
 // clip_grad_norm_'s epsilon: coef = max_norm / (norm + 1e-6), clamped to 1.
 constexpr float kClipEps = 1e-6f;
 
+// The type the math of a params dtype runs in: double for double, float for everything else
+// (float32 and the 16-bit types, whatever their C++ type on the CPU or the GPU).
+template <typename param_t>
+struct OpMath {
+  using type = float;
+};
+template <>
+struct OpMath<double> {
+  using type = double;
+};
+
 // torch's lerp (aten/src/ATen/native/Lerp.h), so that exp_avg matches torch bit for bit.
-TB_HOST_DEVICE TB_INLINE float lerp(float self, float end, float weight) {
-  return (std::fabs(weight) < 0.5f) ? self + weight * (end - self)
-                                    : end - (end - self) * (1.0f - weight);
+template <typename T>
+TB_HOST_DEVICE TB_INLINE T lerp(T self, T end, T weight) {
+  return (std::fabs(weight) < T(0.5)) ? self + weight * (end - self)
+                                      : end - (end - self) * (T(1) - weight);
 }
 
 // torch.maximum semantics (NaN propagates), unlike fmaxf.
-TB_HOST_DEVICE TB_INLINE float nan_max(float a, float b) {
+template <typename T>
+TB_HOST_DEVICE TB_INLINE T nan_max(T a, T b) {
   return (a != a || a > b) ? a : b;
+}
+
+// torch's fused optimizers' "conditional gradient store": with GradScaler's scale handed to
+// the step, the raw (scaled) gradient is written back divided by the scale, before any
+// clipping, maximize or weight decay, so `p.grad` after `scaler.step(opt)` holds the true
+// gradient. A skipped step (found_inf, non-finite norm) writes nothing.
+template <typename T>
+TB_HOST_DEVICE TB_INLINE T unscaled_grad(T g, float grad_scale) {
+  return g / static_cast<T>(grad_scale);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -76,6 +99,8 @@ TB_HOST_DEVICE TB_INLINE float nan_max(float a, float b) {
 //   max_grad_norm  clip threshold (ignored if !clip)
 // Writes control[kControl*], bumps counters[kCounter*] and, when log_capacity > 0 and
 // has_norm, writes the unclipped (unscaled) norm to norm_log[counters[steps] % capacity].
+// sq_norm is a float32 value: a sum of squares above the float32 maximum arrives here as inf
+// (the producers round it so on every backend), so it is a non-finite step like NaN.
 // ---------------------------------------------------------------------------------------
 TB_HOST_DEVICE TB_INLINE void finalize_step_control(
     float sq_norm, bool has_norm, float grad_scale, float found_inf, bool clip,
@@ -103,18 +128,21 @@ TB_HOST_DEVICE TB_INLINE void finalize_step_control(
 //   g' = g + wd p;  buf = g' (first step) | momentum buf + (1 - dampening) g'
 //   d = nesterov ? g' + momentum buf : buf;  p -= lr d
 // ---------------------------------------------------------------------------------------
+template <typename T>
 struct SgdScalars {
-  float lr, momentum, one_minus_dampening, weight_decay;
+  T lr, momentum, one_minus_dampening, weight_decay;
 };
 
-TB_HOST_DEVICE TB_INLINE SgdScalars sgd_scalars(double lr, double momentum, double dampening,
-                                               double weight_decay) {
-  return SgdScalars{(float)lr, (float)momentum, (float)(1.0 - dampening), (float)weight_decay};
+template <typename T>
+TB_HOST_DEVICE TB_INLINE SgdScalars<T> sgd_scalars(double lr, double momentum, double dampening,
+                                                  double weight_decay) {
+  return SgdScalars<T>{(T)lr, (T)momentum, (T)(1.0 - dampening), (T)weight_decay};
 }
 
-template <bool kMomentum, bool kNesterov, bool kFirstStep, bool kMaximize, bool kWeightDecay>
-TB_HOST_DEVICE TB_INLINE void sgd_update(float& p, float g, float& buf, float grad_mult,
-                                         const SgdScalars& s) {
+template <bool kMomentum, bool kNesterov, bool kFirstStep, bool kMaximize, bool kWeightDecay,
+          typename T>
+TB_HOST_DEVICE TB_INLINE void sgd_update(T& p, T g, T& buf, T grad_mult,
+                                         const SgdScalars<T>& s) {
   g *= grad_mult;
   if (kMaximize) g = -g;
   if (kWeightDecay) g = g + s.weight_decay * p;
@@ -132,42 +160,45 @@ TB_HOST_DEVICE TB_INLINE void sgd_update(float& p, float g, float& buf, float gr
 //   playbook: p -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)
 // Both are  p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)  with different scalars.
 // ---------------------------------------------------------------------------------------
+template <typename T>
 struct AdamScalars {
-  float param_decay;   // 1 - lr wd (decoupled) or 1
-  float weight_decay;  // coupled L2 coefficient (0 when decoupled)
-  float beta1_weight;  // 1 - b1 (lerp weight)
-  float beta2, one_minus_beta2;
-  float step_size;     // torch: lr / bc1;  playbook: lr sqrt(bc2) / bc1
-  float bc2_sqrt;      // torch: sqrt(bc2); playbook: 1
-  float eps;
+  T param_decay;   // 1 - lr wd (decoupled) or 1
+  T weight_decay;  // coupled L2 coefficient (0 when decoupled)
+  T beta1_weight;  // 1 - b1 (lerp weight)
+  T beta2, one_minus_beta2;
+  T step_size;     // torch: lr / bc1;  playbook: lr sqrt(bc2) / bc1
+  T bc2_sqrt;      // torch: sqrt(bc2); playbook: 1
+  T eps;
 };
 
 // `step` is the already incremented step count t.
-TB_HOST_DEVICE TB_INLINE AdamScalars adam_scalars(double step, double lr, double beta1,
-                                                 double beta2, double eps, double weight_decay,
-                                                 bool decoupled, int rule) {
+template <typename T>
+TB_HOST_DEVICE TB_INLINE AdamScalars<T> adam_scalars(double step, double lr, double beta1,
+                                                    double beta2, double eps,
+                                                    double weight_decay, bool decoupled,
+                                                    int rule) {
   const double bc1 = 1.0 - std::pow(beta1, step);
   const double bc2 = 1.0 - std::pow(beta2, step);
-  AdamScalars s;
-  s.param_decay = decoupled ? (float)(1.0 - lr * weight_decay) : 1.0f;
-  s.weight_decay = decoupled ? 0.0f : (float)weight_decay;
-  s.beta1_weight = (float)(1.0 - beta1);
-  s.beta2 = (float)beta2;
-  s.one_minus_beta2 = (float)(1.0 - beta2);
+  AdamScalars<T> s;
+  s.param_decay = decoupled ? (T)(1.0 - lr * weight_decay) : T(1);
+  s.weight_decay = decoupled ? T(0) : (T)weight_decay;
+  s.beta1_weight = (T)(1.0 - beta1);
+  s.beta2 = (T)beta2;
+  s.one_minus_beta2 = (T)(1.0 - beta2);
   if (rule == kRulePlaybook) {
-    s.step_size = (float)(lr * std::sqrt(bc2) / bc1);
-    s.bc2_sqrt = 1.0f;
+    s.step_size = (T)(lr * std::sqrt(bc2) / bc1);
+    s.bc2_sqrt = T(1);
   } else {
-    s.step_size = (float)(lr / bc1);
-    s.bc2_sqrt = (float)std::sqrt(bc2);
+    s.step_size = (T)(lr / bc1);
+    s.bc2_sqrt = (T)std::sqrt(bc2);
   }
-  s.eps = (float)eps;
+  s.eps = (T)eps;
   return s;
 }
 
-template <bool kAmsgrad, bool kMaximize, bool kWeightDecay>
-TB_HOST_DEVICE TB_INLINE void adam_update(float& p, float g, float& m, float& v, float& vmax,
-                                          float grad_mult, const AdamScalars& s) {
+template <bool kAmsgrad, bool kMaximize, bool kWeightDecay, typename T>
+TB_HOST_DEVICE TB_INLINE void adam_update(T& p, T g, T& m, T& v, T& vmax, T grad_mult,
+                                          const AdamScalars<T>& s) {
   g *= grad_mult;
   if (kMaximize) g = -g;
   if (kWeightDecay) {  // either decoupled (param_decay != 1) or coupled (weight_decay != 0)
@@ -176,12 +207,12 @@ TB_HOST_DEVICE TB_INLINE void adam_update(float& p, float g, float& m, float& v,
   }
   m = lerp(m, g, s.beta1_weight);
   v = v * s.beta2 + s.one_minus_beta2 * g * g;
-  float vv = v;
+  T vv = v;
   if (kAmsgrad) {
     vmax = nan_max(vmax, v);
     vv = vmax;
   }
-  const float denom = std::sqrt(vv) / s.bc2_sqrt + s.eps;
+  const T denom = std::sqrt(vv) / s.bc2_sqrt + s.eps;
   p = p + (-s.step_size) * (m / denom);
 }
 
@@ -191,52 +222,55 @@ TB_HOST_DEVICE TB_INLINE void adam_update(float& p, float g, float& m, float& v,
 //             with d = sqrt(v / (1-b2^t)) + eps
 //   playbook: p -= lr sqrt(1-b2^t)/(1-b1^t) * (b1 m + (1-b1) g) / (sqrt(v) + eps)
 // ---------------------------------------------------------------------------------------
+template <typename T>
 struct NadamScalars {
-  float param_decay, weight_decay;
-  float beta1, beta1_weight;  // b1, 1 - b1
-  float beta2, one_minus_beta2;
-  float bias_correction2;  // torch: 1 - b2^t; playbook: 1
-  float eps;
-  float grad_coef;  // torch: -lr (1-mu)/(1-mu_prod);       playbook: -lr b (1-b1)
-  float avg_coef;   // torch: -lr mu_next/(1-mu_prod mu_next); playbook: -lr b b1
-  float new_mu_product;  // to be stored in the tensor's mu_product state (float32)
+  T param_decay, weight_decay;
+  T beta1, beta1_weight;  // b1, 1 - b1
+  T beta2, one_minus_beta2;
+  T bias_correction2;  // torch: 1 - b2^t; playbook: 1
+  T eps;
+  T grad_coef;  // torch: -lr (1-mu)/(1-mu_prod);       playbook: -lr b (1-b1)
+  T avg_coef;   // torch: -lr mu_next/(1-mu_prod mu_next); playbook: -lr b b1
+  float new_mu_product;  // to be stored in the tensor's mu_product state (float32, as torch)
 };
 
-TB_HOST_DEVICE TB_INLINE NadamScalars nadam_scalars(double step, double lr, double beta1,
-                                                   double beta2, double eps,
-                                                   double weight_decay, double momentum_decay,
-                                                   bool decoupled, float mu_product, int rule) {
-  NadamScalars s;
+template <typename T>
+TB_HOST_DEVICE TB_INLINE NadamScalars<T> nadam_scalars(double step, double lr, double beta1,
+                                                      double beta2, double eps,
+                                                      double weight_decay,
+                                                      double momentum_decay, bool decoupled,
+                                                      float mu_product, int rule) {
+  NadamScalars<T> s;
   const double bc2 = 1.0 - std::pow(beta2, step);
   const double mu = beta1 * (1.0 - 0.5 * std::pow(0.96, step * momentum_decay));
   const double mu_next = beta1 * (1.0 - 0.5 * std::pow(0.96, (step + 1.0) * momentum_decay));
   // torch: `mu_product *= mu` on a float32 tensor, then reads it back as a Python float.
   s.new_mu_product = mu_product * (float)mu;
   const double mu_product_next = (double)s.new_mu_product * mu_next;
-  s.param_decay = decoupled ? (float)(1.0 - lr * weight_decay) : 1.0f;
-  s.weight_decay = decoupled ? 0.0f : (float)weight_decay;
-  s.beta1 = (float)beta1;
-  s.beta1_weight = (float)(1.0 - beta1);
-  s.beta2 = (float)beta2;
-  s.one_minus_beta2 = (float)(1.0 - beta2);
-  s.eps = (float)eps;
+  s.param_decay = decoupled ? (T)(1.0 - lr * weight_decay) : T(1);
+  s.weight_decay = decoupled ? T(0) : (T)weight_decay;
+  s.beta1 = (T)beta1;
+  s.beta1_weight = (T)(1.0 - beta1);
+  s.beta2 = (T)beta2;
+  s.one_minus_beta2 = (T)(1.0 - beta2);
+  s.eps = (T)eps;
   if (rule == kRulePlaybook) {
     const double bc1 = 1.0 - std::pow(beta1, step);
     const double b = std::sqrt(bc2) / bc1;
-    s.bias_correction2 = 1.0f;
-    s.grad_coef = (float)(-lr * b * (1.0 - beta1));
-    s.avg_coef = (float)(-lr * b * beta1);
+    s.bias_correction2 = T(1);
+    s.grad_coef = (T)(-lr * b * (1.0 - beta1));
+    s.avg_coef = (T)(-lr * b * beta1);
   } else {
-    s.bias_correction2 = (float)bc2;
-    s.grad_coef = (float)(-lr * (1.0 - mu) / (1.0 - (double)s.new_mu_product));
-    s.avg_coef = (float)((-lr * mu_next) / (1.0 - mu_product_next));
+    s.bias_correction2 = (T)bc2;
+    s.grad_coef = (T)(-lr * (1.0 - mu) / (1.0 - (double)s.new_mu_product));
+    s.avg_coef = (T)((-lr * mu_next) / (1.0 - mu_product_next));
   }
   return s;
 }
 
-template <int kRule, bool kMaximize, bool kWeightDecay>
-TB_HOST_DEVICE TB_INLINE void nadam_update(float& p, float g, float& m, float& v,
-                                           float grad_mult, const NadamScalars& s) {
+template <int kRule, bool kMaximize, bool kWeightDecay, typename T>
+TB_HOST_DEVICE TB_INLINE void nadam_update(T& p, T g, T& m, T& v, T grad_mult,
+                                           const NadamScalars<T>& s) {
   g *= grad_mult;
   if (kMaximize) g = -g;
   if (kWeightDecay) {
@@ -247,10 +281,10 @@ TB_HOST_DEVICE TB_INLINE void nadam_update(float& p, float g, float& m, float& v
   v = v * s.beta2 + s.one_minus_beta2 * g * g;
   if (kRule == kRulePlaybook) {
     // (b1 m + (1-b1) g) b lr / (sqrt(v) + eps), folded into the two coefficients.
-    const float denom = std::sqrt(v) + s.eps;
+    const T denom = std::sqrt(v) + s.eps;
     p = p + (s.avg_coef * m + s.grad_coef * g) / denom;
   } else {
-    const float denom = std::sqrt(v / s.bias_correction2) + s.eps;
+    const T denom = std::sqrt(v / s.bias_correction2) + s.eps;
     p = p + s.grad_coef * (g / denom);
     p = p + s.avg_coef * (m / denom);
   }
@@ -263,30 +297,33 @@ TB_HOST_DEVICE TB_INLINE void nadam_update(float& p, float g, float& m, float& v
 //   playbook: d = sqrt(sq' + eps); buf = mom buf + lr g/d; p -= buf     (or p -= lr g/d)
 //             and square_avg starts at 1 (the optimizer initialises the state).
 // ---------------------------------------------------------------------------------------
+template <typename T>
 struct RmspropScalars {
-  float lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
+  T lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
 };
 
-TB_HOST_DEVICE TB_INLINE RmspropScalars rmsprop_scalars(double lr, double alpha, double eps,
-                                                       double weight_decay, double momentum) {
-  return RmspropScalars{(float)lr, (float)alpha, (float)(1.0 - alpha), (float)eps,
-                        (float)weight_decay, (float)momentum};
+template <typename T>
+TB_HOST_DEVICE TB_INLINE RmspropScalars<T> rmsprop_scalars(double lr, double alpha, double eps,
+                                                          double weight_decay,
+                                                          double momentum) {
+  return RmspropScalars<T>{(T)lr, (T)alpha, (T)(1.0 - alpha), (T)eps, (T)weight_decay,
+                           (T)momentum};
 }
 
-template <int kRule, bool kCentered, bool kMomentum, bool kMaximize, bool kWeightDecay>
-TB_HOST_DEVICE TB_INLINE void rmsprop_update(float& p, float g, float& sq, float& ga,
-                                             float& buf, float grad_mult,
-                                             const RmspropScalars& s) {
+template <int kRule, bool kCentered, bool kMomentum, bool kMaximize, bool kWeightDecay,
+          typename T>
+TB_HOST_DEVICE TB_INLINE void rmsprop_update(T& p, T g, T& sq, T& ga, T& buf, T grad_mult,
+                                             const RmspropScalars<T>& s) {
   g *= grad_mult;
   if (kMaximize) g = -g;
   if (kWeightDecay) g = g + s.weight_decay * p;
   sq = sq * s.alpha + s.one_minus_alpha * g * g;
-  float base = sq;
+  T base = sq;
   if (kCentered) {
     ga = lerp(ga, g, s.one_minus_alpha);
-    base = sq + (-1.0f) * ga * ga;
+    base = sq + T(-1) * ga * ga;
   }
-  const float avg = (kRule == kRulePlaybook) ? std::sqrt(base + s.eps) : std::sqrt(base) + s.eps;
+  const T avg = (kRule == kRulePlaybook) ? std::sqrt(base + s.eps) : std::sqrt(base) + s.eps;
   if (kMomentum) {
     if (kRule == kRulePlaybook) {
       buf = buf * s.momentum + s.lr * (g / avg);

@@ -4,13 +4,15 @@ tests/cuda_emulation/emulate_kernels.cpp includes csrc/cuda/{adam,grad_norm,sgd,
 TUNEBOOK_HOST_EMULATION, which turns each kernel launch into a loop over blocks and threads
 (512 per block, as on the GPU). It runs every family over 961 tensors (chunk edges, every
 tail length, an empty tensor, misaligned operands, more tensors than one launch's table),
-every (param, state) dtype pair, the rules and options, a skipped step and tensor learning
-rates, and compares params, states, steps and mu products bit for bit with a per-element
-loop over the same csrc/optim_math.h functions. The global sum of squares (three dtypes, two
+every (param, state) dtype pair (float64 params in double math included), the rules and
+options, a skipped step, tensor learning rates and GradScaler's unscaled-gradient store, and
+compares params, grads, states, steps and mu products bit for bit with a per-element loop
+over the same csrc/optim_math.h functions. The global sum of squares (four dtypes, two
 launches of one dtype, one partials workspace, every 16-byte misalignment and tail length) is
 compared bit for bit, partial by partial, with its specification replayed element by
 element (which thread and FMA chain each element goes to, in which order: the header of
-csrc/cuda/grad_norm.cu), and with float64. Device numerics are left to
+csrc/cuda/grad_norm.cu), and with float64; a sum above the float32 maximum must round to inf.
+Device numerics are left to
 tests/test_optim_cuda.py on a GPU.
 """
 
@@ -44,4 +46,4 @@ def test_kernels_emulated_on_the_host_match_the_per_element_math(tmp_path):
     run = subprocess.run([str(binary)], capture_output=True, text=True, check=False,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "all 34 checks passed" in run.stdout, run.stdout
+    assert "all 48 checks passed" in run.stdout, run.stdout

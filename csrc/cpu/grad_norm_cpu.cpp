@@ -36,9 +36,23 @@ inline double sum_squares(const float* x, int64_t n) {
   return total;
 }
 
+// float64 grads: the same fixed lane order, in double (their squares may overflow to inf).
+inline double sum_squares(const double* x, int64_t n) {
+  constexpr int kLanes = 16;
+  double acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += x[i + l] * x[i + l];
+  }
+  double total = 0;
+  for (; i < n; ++i) total += x[i] * x[i];
+  for (int l = 0; l < kLanes; ++l) total += acc[l];
+  return total;
+}
+
 template <typename T>
 double sum_squares_typed(const T* x, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     return sum_squares(x, n);
   } else {
     float buf[kBlock];
@@ -61,9 +75,9 @@ at::Tensor grad_sq_norm_cpu(at::TensorList grads) {
     TORCH_CHECK(g.device().is_cpu(), "tunebook::grad_sq_norm (CPU): grads[", t,
                 "] is on ", g.device(), "; all grads must be on the CPU");
     const auto dt = g.scalar_type();
-    TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+    TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble,
                 "tunebook::grad_sq_norm: grads[", t,
-                "] must be float32, bfloat16 or float16, got ", dt);
+                "] must be float32, bfloat16, float16 or float64, got ", dt);
     check_dense(g, "grads", t);
     prefix[t + 1] = prefix[t] + g.numel();
   }
@@ -86,6 +100,9 @@ at::Tensor grad_sq_norm_cpu(at::TensorList grads) {
           case at::kFloat:
             acc += sum_squares_typed(g.const_data_ptr<float>() + offset, n);
             break;
+          case at::kDouble:
+            acc += sum_squares_typed(g.const_data_ptr<double>() + offset, n);
+            break;
           case at::kBFloat16:
             acc += sum_squares_typed(g.const_data_ptr<c10::BFloat16>() + offset, n);
             break;
@@ -100,7 +117,11 @@ at::Tensor grad_sq_norm_cpu(at::TensorList grads) {
   });
   double sum = 0;
   for (double p : partial) sum += p;
-  return at::scalar_tensor(sum, at::TensorOptions().dtype(at::kFloat));
+  // Rounded to float32 as on CUDA: a sum above the float32 maximum becomes inf (a non-finite,
+  // skipped step). at::scalar_tensor would refuse that conversion with an exception.
+  at::Tensor out = at::empty({}, at::TensorOptions().dtype(at::kFloat));
+  *out.data_ptr<float>() = static_cast<float>(sum);
+  return out;
 }
 
 float optional_scalar(const std::optional<at::Tensor>& t, const char* what, float fallback) {

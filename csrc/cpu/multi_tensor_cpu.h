@@ -3,9 +3,10 @@
 // The tensors of a call are laid end to end in one flat index space; at::parallel_for cuts
 // that space into one contiguous range per thread, so the cores stay busy whether the call
 // holds three 20M-element tensors or 2000 tiny ones, and no thread ever sees a tensor
-// boundary more than once. Within a range the element body runs on plain float arrays:
-// float32 operands are used in place (the loop is the whole range, auto-vectorised), bf16
-// and fp16 operands are widened into small stack blocks, updated, and rounded back once.
+// boundary more than once. Within a range the element body runs on plain arrays of the
+// opmath type (float, or double for float64 params): operands already of that type are used
+// in place (the loop is the whole range, auto-vectorised), bf16 and fp16 operands are
+// widened into small stack blocks, updated, and rounded back once.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,20 +27,21 @@ constexpr int64_t kBlock = 512;
 // Below this many elements in total a call runs on one thread (OpenMP wake-up ~ a few us).
 constexpr int64_t kGrain = 1 << 15;
 
-template <typename T>
+// Storage type T <-> opmath type O blocks (the identity when T is O).
+template <typename T, typename O>
 struct Widen {
-  static float* load(T* src, float* buf, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(src[i]);
+  static O* load(T* src, O* buf, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<O>(src[i]);
     return buf;
   }
-  static void store(T* dst, const float* buf, int64_t n) {
+  static void store(T* dst, const O* buf, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(buf[i]);
   }
 };
-template <>
-struct Widen<float> {
-  static float* load(float* src, float*, int64_t) { return src; }
-  static void store(float*, const float*, int64_t) {}
+template <typename O>
+struct Widen<O, O> {
+  static O* load(O* src, O*, int64_t) { return src; }
+  static void store(O*, const O*, int64_t) {}
 };
 
 inline void check_dense(const at::Tensor& t, const char* what, size_t i) {
@@ -71,8 +73,10 @@ inline std::pair<at::ScalarType, at::ScalarType> check_update_lists(
     TORCH_CHECK(p.scalar_type() == pdt, "tunebook::", op, ": params[", i, "] has dtype ",
                 p.scalar_type(), " but params[0] has ", pdt,
                 "; one call takes one params dtype");
-    TORCH_CHECK(pdt == at::kFloat || pdt == at::kBFloat16 || pdt == at::kHalf, "tunebook::",
-                op, ": params must be float32, bfloat16 or float16, got ", pdt);
+    TORCH_CHECK(pdt == at::kFloat || pdt == at::kBFloat16 || pdt == at::kHalf ||
+                    pdt == at::kDouble,
+                "tunebook::", op, ": params must be float32, bfloat16, float16 or float64, got ",
+                pdt);
     TORCH_CHECK(g.scalar_type() == pdt, "tunebook::", op, ": grads[", i, "] has dtype ",
                 g.scalar_type(), ", expected the param's ", pdt);
     TORCH_CHECK(g.sizes() == p.sizes() && g.strides() == p.strides(), "tunebook::", op,
@@ -84,8 +88,9 @@ inline std::pair<at::ScalarType, at::ScalarType> check_update_lists(
       if (!sdt_set) {
         sdt = t.scalar_type();
         sdt_set = true;
-        TORCH_CHECK(sdt == pdt || sdt == at::kFloat, "tunebook::", op,
-                    ": state dtype must be the params' dtype or float32, got ", sdt);
+        TORCH_CHECK(sdt == pdt || (sdt == at::kFloat && pdt != at::kDouble), "tunebook::", op,
+                    ": state dtype must be the params' dtype (or float32 for 16-bit params), "
+                    "got ", sdt, " for ", pdt, " params");
       }
       TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == sdt, "tunebook::", op, ": ",
                   s.first, "[", i, "] must be a CPU tensor of dtype ", sdt);
@@ -130,6 +135,16 @@ inline double read_lr(const std::optional<at::Tensor>& lr_tensor, double lr) {
   return lr_tensor.has_value() ? read_scalar(*lr_tensor, "lr_tensor") : lr;
 }
 
+// GradScaler's scale for the unscaled-gradient store (see math::unscaled_grad): (given, value).
+inline std::pair<bool, float> read_grad_scale(const std::optional<at::Tensor>& grad_scale) {
+  if (!grad_scale.has_value()) return {false, 1.0f};
+  const at::Tensor& t = *grad_scale;
+  TORCH_CHECK(t.device().is_cpu() && t.numel() == 1 && t.scalar_type() == at::kFloat,
+              "tunebook: grad_scale must be a 1-element float32 CPU tensor, got ",
+              t.scalar_type(), " with ", t.numel(), " elements on ", t.device());
+  return {true, *t.data_ptr<float>()};
+}
+
 template <typename F>
 inline void with_bool(bool b, F&& f) {
   if (b) f(std::true_type{});
@@ -141,6 +156,8 @@ template <typename F>
 inline void dispatch_dtypes(at::ScalarType pdt, at::ScalarType sdt, F&& f) {
   if (pdt == at::kFloat) {
     f(float{}, float{});
+  } else if (pdt == at::kDouble) {
+    f(double{}, double{});
   } else if (pdt == at::kBFloat16) {
     if (sdt == at::kFloat) f(c10::BFloat16{}, float{});
     else f(c10::BFloat16{}, c10::BFloat16{});
@@ -150,12 +167,17 @@ inline void dispatch_dtypes(at::ScalarType pdt, at::ScalarType sdt, F&& f) {
   }
 }
 
-// Runs body(t, p, g, s, n) over every element of every tensor, where p, g are float arrays
+// Runs body(t, p, g, s, n) over every element of every tensor, where p, g are opmath arrays
 // of params[t]/grads[t] and s[k] of states[k][t] (nullptr when list k is empty), n long.
-// The body writes p and s in place; bf16/fp16 blocks are rounded back after it returns.
+// The body writes p and s in place, and g too when `store_grads`; bf16/fp16 blocks are
+// rounded back after it returns.
 template <typename param_t, typename state_t, int kStates, typename Body>
 void multi_tensor_apply(at::TensorList params, at::TensorList grads,
-                        const std::array<at::TensorList, kStates>& states, const Body& body) {
+                        const std::array<at::TensorList, kStates>& states, bool store_grads,
+                        const Body& body) {
+  using opmath_t = typename math::OpMath<param_t>::type;
+  static_assert(std::is_same_v<state_t, param_t> || std::is_same_v<state_t, float>,
+                "state dtype: the params' or float32");
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   std::vector<int64_t> prefix(n_tensors + 1, 0);
   std::vector<std::array<void*, kStates + 2>> ptrs(n_tensors);
@@ -180,23 +202,24 @@ void multi_tensor_apply(at::TensorList params, at::TensorList grads,
       state_t* S[kStates > 0 ? kStates : 1];
       for (int k = 0; k < kStates; ++k)
         S[k] = ptrs[t][k + 2] ? static_cast<state_t*>(ptrs[t][k + 2]) + offset : nullptr;
-      if constexpr (std::is_same_v<param_t, float> && std::is_same_v<state_t, float>) {
-        float* s[kStates > 0 ? kStates : 1];
+      if constexpr (std::is_same_v<param_t, opmath_t> && std::is_same_v<state_t, opmath_t>) {
+        opmath_t* s[kStates > 0 ? kStates : 1];
         for (int k = 0; k < kStates; ++k) s[k] = S[k];
         body(t, P, G, s, len);
       } else {
-        float pbuf[kBlock], gbuf[kBlock], sbuf[kStates > 0 ? kStates : 1][kBlock];
+        opmath_t pbuf[kBlock], gbuf[kBlock], sbuf[kStates > 0 ? kStates : 1][kBlock];
         for (int64_t b = 0; b < len; b += kBlock) {
           const int64_t n = std::min(kBlock, len - b);
-          float* p = Widen<param_t>::load(P + b, pbuf, n);
-          float* g = Widen<param_t>::load(G + b, gbuf, n);
-          float* s[kStates > 0 ? kStates : 1];
+          opmath_t* p = Widen<param_t, opmath_t>::load(P + b, pbuf, n);
+          opmath_t* g = Widen<param_t, opmath_t>::load(G + b, gbuf, n);
+          opmath_t* s[kStates > 0 ? kStates : 1];
           for (int k = 0; k < kStates; ++k)
-            s[k] = S[k] ? Widen<state_t>::load(S[k] + b, sbuf[k], n) : nullptr;
+            s[k] = S[k] ? Widen<state_t, opmath_t>::load(S[k] + b, sbuf[k], n) : nullptr;
           body(t, p, g, s, n);
-          Widen<param_t>::store(P + b, p, n);
+          Widen<param_t, opmath_t>::store(P + b, p, n);
+          if (store_grads) Widen<param_t, opmath_t>::store(G + b, g, n);
           for (int k = 0; k < kStates; ++k)
-            if (S[k]) Widen<state_t>::store(S[k] + b, s[k], n);
+            if (S[k]) Widen<state_t, opmath_t>::store(S[k] + b, s[k], n);
         }
       }
       begin = stop;

@@ -12,18 +12,18 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads,
                   at::TensorList momentum_buffers, const at::Tensor& control,
                   const std::optional<at::Tensor>& lr_tensor, double lr, double momentum,
                   double dampening, double weight_decay, bool nesterov, bool maximize,
-                  bool is_first_step) {
+                  bool is_first_step, const std::optional<at::Tensor>& grad_scale) {
   const auto [pdt, sdt] = check_update_lists("sgd_step_", params, grads,
                                              {{"momentum_buffers", momentum_buffers}});
   const bool has_momentum = momentum != 0.0;
   TORCH_CHECK(momentum_buffers.size() == (has_momentum ? params.size() : 0),
               "tunebook::sgd_step_: momentum_buffers must hold one tensor per param iff "
               "momentum != 0");
+  const auto [unscale, scale] = read_grad_scale(grad_scale);
   auto [grad_mult, skip] = read_control(control);
   if (skip || params.empty()) return;
   if (maximize) grad_mult = -grad_mult;
-  const math::SgdScalars sc =
-      math::sgd_scalars(read_lr(lr_tensor, lr), momentum, dampening, weight_decay);
+  const double lr_value = read_lr(lr_tensor, lr);
 
   auto run = [&](auto mom, auto nest, auto first, auto wd) {
     constexpr bool kMom = decltype(mom)::value;
@@ -31,16 +31,21 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads,
     constexpr bool kFirst = decltype(first)::value;
     constexpr bool kWd = decltype(wd)::value;
     dispatch_dtypes(pdt, sdt, [&](auto param_tag, auto state_tag) {
-      multi_tensor_apply<decltype(param_tag), decltype(state_tag), 1>(
-          params, grads, {momentum_buffers},
-          [&](int64_t, float* __restrict__ p, const float* __restrict__ g, float* const* s,
-              int64_t n) {
-            float* __restrict__ buf = kMom ? s[0] : p;  // unused without momentum
+      using param_t = decltype(param_tag);
+      using T = typename math::OpMath<param_t>::type;
+      const math::SgdScalars<T> sc =
+          math::sgd_scalars<T>(lr_value, momentum, dampening, weight_decay);
+      const T mult = grad_mult;
+      multi_tensor_apply<param_t, decltype(state_tag), 1>(
+          params, grads, {momentum_buffers}, unscale,
+          [&](int64_t, T* __restrict__ p, T* __restrict__ g, T* const* s, int64_t n) {
+            T* __restrict__ buf = kMom ? s[0] : p;  // unused without momentum
 #pragma GCC ivdep
             for (int64_t i = 0; i < n; ++i) {
-              float b = kMom ? buf[i] : 0.0f;
-              math::sgd_update<kMom, kNest, kFirst, false, kWd>(p[i], g[i], b, grad_mult, sc);
+              T b = kMom ? buf[i] : T(0);
+              math::sgd_update<kMom, kNest, kFirst, false, kWd>(p[i], g[i], b, mult, sc);
               if (kMom) buf[i] = b;
+              if (unscale) g[i] = math::unscaled_grad(g[i], scale);
             }
           });
     });

@@ -14,7 +14,7 @@
 namespace tunebook {
 namespace cuda {
 
-enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 3 };
 
 // `depth` parallel lists of `count` tensors: slot d of tensor i is ptrs[d * count + i]
 // (nullptr where a list is absent, e.g. max_exp_avg_sqs without amsgrad). All tensors of
@@ -63,13 +63,16 @@ void launch_step_control(const float* sq_norm, const float* grad_scale, const fl
 // ---- update ops (sgd.cu, adam.cu, rmsprop.cu, nadam.cu) -------------------------------
 // `control` is the float32[2] step-control tensor; `steps` are the 0-dim float32 step
 // tensors (one per param), `scratch` a device buffer of *_scratch_bytes(count) bytes that
-// the op may reuse after the launches complete (stream-ordered).
+// the op may reuse after the launches complete (stream-ordered). `grad_scale`: GradScaler's
+// float32 scale on the device, or nullptr; when given, the grads are written back unscaled
+// (math::unscaled_grad). float64 params run in double (math::OpMath).
 
 struct SgdArgs {
   LrArg lr;
   double momentum = 0, dampening = 0, weight_decay = 0;
   bool nesterov = false, maximize = false, is_first_step = false;
   const float* control = nullptr;
+  const float* grad_scale = nullptr;
 };
 // table slots: 0 params, 1 grads, 2 momentum_buffers (nullptr iff momentum == 0).
 void launch_sgd_step(const TensorTable& table, DType param, DType state, const SgdArgs& args,
@@ -81,6 +84,7 @@ struct AdamArgs {
   bool amsgrad = false, maximize = false, decoupled_weight_decay = false;
   int rule = 0;
   const float* control = nullptr;
+  const float* grad_scale = nullptr;
 };
 // table slots: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs (nullptr
 // iff !amsgrad), 5 reserved (filled with per-tensor scalar pointers into `scratch`).
@@ -95,6 +99,7 @@ struct RmspropArgs {
   bool centered = false, maximize = false;
   int rule = 0;
   const float* control = nullptr;
+  const float* grad_scale = nullptr;
 };
 // table slots: 0 params, 1 grads, 2 square_avgs, 3 grad_avgs (nullptr iff !centered),
 // 4 momentum_buffers (nullptr iff momentum == 0).
@@ -108,6 +113,7 @@ struct NadamArgs {
   bool decoupled_weight_decay = false, maximize = false;
   int rule = 0;
   const float* control = nullptr;
+  const float* grad_scale = nullptr;
 };
 // table slots: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 reserved (per-tensor
 // scalar pointers into `scratch`).

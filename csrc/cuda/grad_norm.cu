@@ -2,7 +2,8 @@
 // Contract: csrc/ops.cpp.
 //
 // Pass 1 (one multi-tensor launch per grad dtype, 1,624 tensors per launch): every block
-// reduces its 64K-element chunk, each thread in float32 (kVec independent FMA chains,
+// reduces its 64K-element chunk, each thread in float32 (float64 for float64 grads; kVec
+// independent FMA chains,
 // <= 32 squares each), the block in float64, into one float64 partial per chunk. Pass 2
 // (one block): the partials are summed in float64 in a fixed order and rounded once to
 // the float32 result. No atomics, so the result is bitwise reproducible run to run, and
@@ -66,25 +67,26 @@ __device__ __forceinline__ double block_sum(double value) {
 #endif
 }
 
+__device__ __forceinline__ float add_square(float x, float acc) { return fmaf(x, x, acc); }
+__device__ __forceinline__ double add_square(double x, double acc) { return fma(x, x, acc); }
+
 // Sum of x*x over one chunk of n elements starting at g, this thread's part: the mapping
-// of the header comment. Returns the thread's float32 sum of its kVec chains.
-template <typename G>
-__device__ __forceinline__ float thread_sum_of_squares(const G* g, int n) {
+// of the header comment. Returns the thread's sum of its kVec chains, accumulated in the
+// grads' opmath type A (float; double for float64 grads, whose squares may exceed float).
+template <typename G, typename A = typename math::OpMath<G>::type>
+__device__ __forceinline__ A thread_sum_of_squares(const G* g, int n) {
   constexpr int kVec = 16 / sizeof(G);
   using Vec = AlignedVector<G, kVec>;
   const int t = static_cast<int>(threadIdx.x);
-  float acc[kVec];
+  A acc[kVec];
 #pragma unroll
-  for (int j = 0; j < kVec; ++j) acc[j] = 0.0f;
+  for (int j = 0; j < kVec; ++j) acc[j] = A(0);
   // Elements before the first 16-byte boundary (torch's storage is always aligned to its
   // element size, so this is a whole number of elements, < kVec).
   const int misaligned = static_cast<int>(reinterpret_cast<uintptr_t>(g) % 16);
   int head = misaligned == 0 ? 0 : (16 - misaligned) / static_cast<int>(sizeof(G));
   head = head < n ? head : n;
-  if (t < head) {
-    const float x = to_float(g[t]);
-    acc[0] = fmaf(x, x, acc[0]);
-  }
+  if (t < head) acc[0] = add_square(Convert<G, A>::load(g[t]), acc[0]);
   const Vec* body = reinterpret_cast<const Vec*>(g + head);
   const int vectors = (n - head) / kVec;
   // Two 16-byte loads in flight per pass; each chain still sees its elements in order.
@@ -93,30 +95,20 @@ __device__ __forceinline__ float thread_sum_of_squares(const G* g, int n) {
     const Vec a = body[v];
     const Vec b = body[v + kBlockSize];
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const float x = to_float(a.val[j]);
-      acc[j] = fmaf(x, x, acc[j]);
-    }
+    for (int j = 0; j < kVec; ++j) acc[j] = add_square(Convert<G, A>::load(a.val[j]), acc[j]);
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const float x = to_float(b.val[j]);
-      acc[j] = fmaf(x, x, acc[j]);
-    }
+    for (int j = 0; j < kVec; ++j) acc[j] = add_square(Convert<G, A>::load(b.val[j]), acc[j]);
   }
   if (v < vectors) {
     const Vec a = body[v];
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const float x = to_float(a.val[j]);
-      acc[j] = fmaf(x, x, acc[j]);
-    }
+    for (int j = 0; j < kVec; ++j) acc[j] = add_square(Convert<G, A>::load(a.val[j]), acc[j]);
   }
   const int tail = head + vectors * kVec + t;  // < kVec tail elements, one per thread
-  if (tail < n) {
-    const float x = to_float(g[tail]);
-    acc[0] = fmaf(x, x, acc[0]);
-  }
-  if constexpr (kVec == 4) {
+  if (tail < n) acc[0] = add_square(Convert<G, A>::load(g[tail]), acc[0]);
+  if constexpr (kVec == 2) {
+    return acc[0] + acc[1];
+  } else if constexpr (kVec == 4) {
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
   } else {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
@@ -128,7 +120,7 @@ struct SquaresFunctor {
   static constexpr int kMinBlocksPerSm = 4;
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, const ChunkRef& ref,
                                              double* partials) const {
-    const float mine = thread_sum_of_squares(chunk_ptr<const G>(meta, 0, ref), ref.n);
+    const auto mine = thread_sum_of_squares(chunk_ptr<const G>(meta, 0, ref), ref.n);
     const double total = block_sum<kBlockSize>(static_cast<double>(mine));
     if (threadIdx.x == 0) partials[meta.block_offset + blockIdx.x] = total;
   }
@@ -159,6 +151,9 @@ int64_t launch_grad_sq_norm_partials(const TensorTable& grads, DType dtype, doub
     case DType::kFloat16:
       return multi_tensor_apply<1>(grads, stream, block_base, "grad_sq_norm",
                                    SquaresFunctor<__half>{}, partials);
+    case DType::kFloat64:
+      return multi_tensor_apply<1>(grads, stream, block_base, "grad_sq_norm",
+                                   SquaresFunctor<double>{}, partials);
   }
   return 0;
 }

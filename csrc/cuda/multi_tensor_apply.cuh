@@ -167,7 +167,7 @@ __device__ __forceinline__ T* chunk_ptr(const TensorListMeta<Depth>& meta, int d
 }
 
 // ---------------------------------------------------------------------------------------
-// Storage dtypes <-> float32 registers.
+// Storage dtypes <-> registers of the opmath type (math::OpMath: float, double for double).
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) AlignedVector {
@@ -190,24 +190,36 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 template <>
 __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 
+// Storage T <-> register R: through float, except float64 storage in double registers.
+template <typename T, typename R>
+struct Convert {
+  static __device__ __forceinline__ R load(T x) { return static_cast<R>(to_float(x)); }
+  static __device__ __forceinline__ T store(R x) { return from_float<T>(static_cast<float>(x)); }
+};
+template <>
+struct Convert<double, double> {
+  static __device__ __forceinline__ double load(double x) { return x; }
+  static __device__ __forceinline__ double store(double x) { return x; }
+};
+
 template <typename T>
 __device__ __forceinline__ bool is_vector_aligned(const void* p) {
   return p == nullptr || (reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP)) == 0;
 }
 
 // Vector path: elements [i, i + kILP).
-template <typename T>
-__device__ __forceinline__ void load_vector(float (&r)[kILP], const T* base, int i) {
+template <typename R, typename T>
+__device__ __forceinline__ void load_vector(R (&r)[kILP], const T* base, int i) {
   const auto v = *reinterpret_cast<const AlignedVector<T, kILP>*>(base + i);
 #pragma unroll
-  for (int j = 0; j < kILP; ++j) r[j] = to_float(v.val[j]);
+  for (int j = 0; j < kILP; ++j) r[j] = Convert<T, R>::load(v.val[j]);
 }
 
-template <typename T>
-__device__ __forceinline__ void store_vector(T* base, int i, const float (&r)[kILP]) {
+template <typename R, typename T>
+__device__ __forceinline__ void store_vector(T* base, int i, const R (&r)[kILP]) {
   AlignedVector<T, kILP> v;
 #pragma unroll
-  for (int j = 0; j < kILP; ++j) v.val[j] = from_float<T>(r[j]);
+  for (int j = 0; j < kILP; ++j) v.val[j] = Convert<T, R>::store(r[j]);
   *reinterpret_cast<AlignedVector<T, kILP>*>(base + i) = v;
 }
 
@@ -217,21 +229,21 @@ __device__ __forceinline__ void store_vector(T* base, int i, const float (&r)[kI
 // plus an immediate offset, so each operand keeps one 64-bit address live instead of
 // kILP of them (with a run-time stride ptxas needed ~80 registers for RMSprop and spilled
 // under the 64-register cap of __launch_bounds__(kBlockSize, kMinBlocksPerSm)).
-template <typename T>
-__device__ __forceinline__ void load_strided(float (&r)[kILP], const T* base, int i, int n) {
+template <typename R, typename T>
+__device__ __forceinline__ void load_strided(R (&r)[kILP], const T* base, int i, int n) {
 #pragma unroll
   for (int j = 0; j < kILP; ++j) {
     const int k = i + j * kBlockSize;
-    r[j] = k < n ? to_float(base[k]) : 0.0f;
+    r[j] = k < n ? Convert<T, R>::load(base[k]) : R(0);
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void store_strided(T* base, int i, int n, const float (&r)[kILP]) {
+template <typename R, typename T>
+__device__ __forceinline__ void store_strided(T* base, int i, int n, const R (&r)[kILP]) {
 #pragma unroll
   for (int j = 0; j < kILP; ++j) {
     const int k = i + j * kBlockSize;
-    if (k < n) base[k] = from_float<T>(r[j]);
+    if (k < n) base[k] = Convert<T, R>::store(r[j]);
   }
 }
 
@@ -240,8 +252,8 @@ struct Access {
   int i, n;
 };
 
-template <bool Vector, typename T>
-__device__ __forceinline__ void load(float (&r)[kILP], const T* base, const Access& a) {
+template <bool Vector, typename R, typename T>
+__device__ __forceinline__ void load(R (&r)[kILP], const T* base, const Access& a) {
   if constexpr (Vector) {
     load_vector(r, base, a.i);
   } else {
@@ -249,8 +261,8 @@ __device__ __forceinline__ void load(float (&r)[kILP], const T* base, const Acce
   }
 }
 
-template <bool Vector, typename T>
-__device__ __forceinline__ void store(T* base, const Access& a, const float (&r)[kILP]) {
+template <bool Vector, typename R, typename T>
+__device__ __forceinline__ void store(T* base, const Access& a, const R (&r)[kILP]) {
   if constexpr (Vector) {
     store_vector(base, a.i, r);
   } else {
@@ -414,6 +426,9 @@ inline void dispatch_dtypes(DType param, DType state, F&& f) {
     case DType::kFloat32:
       f(float{}, float{});
       break;
+    case DType::kFloat64:
+      f(double{}, double{});
+      break;
     case DType::kBFloat16:
       if (state == DType::kFloat32) {
         f(__nv_bfloat16{}, float{});
@@ -438,6 +453,9 @@ inline void dispatch_param_dtype(DType param, F&& f) {
     case DType::kFloat32:
       f(float{}, float{});
       break;
+    case DType::kFloat64:
+      f(double{}, double{});
+      break;
     case DType::kBFloat16:
       f(__nv_bfloat16{}, __nv_bfloat16{});
       break;
@@ -461,6 +479,12 @@ __device__ __forceinline__ StepControl read_control(const float* control, bool m
   const float mult = control[math::kControlGradMult];
   c.grad_mult = maximize ? -mult : mult;
   return c;
+}
+
+// GradScaler's scale for the unscaled-gradient store (math::unscaled_grad), read once per
+// block; nullptr: no store.
+__device__ __forceinline__ float read_grad_scale(const float* grad_scale) {
+  return grad_scale == nullptr ? 1.0f : *grad_scale;
 }
 
 __device__ __forceinline__ double read_lr(const LrArg& lr) {

@@ -8,6 +8,7 @@ namespace tunebook {
 namespace cuda {
 namespace {
 
+template <typename T>
 struct NadamPrepare {
   LrArg lr;
   double beta1, beta2, eps, weight_decay, momentum_decay;
@@ -18,26 +19,29 @@ struct NadamPrepare {
                                              void* scratch) const {
     const float t = *step + 1.0f;
     *step = t;
-    const math::NadamScalars s =
-        math::nadam_scalars(t, read_lr(lr), beta1, beta2, eps, weight_decay, momentum_decay,
-                            decoupled, *mu_product, rule);
+    const math::NadamScalars<T> s =
+        math::nadam_scalars<T>(t, read_lr(lr), beta1, beta2, eps, weight_decay,
+                               momentum_decay, decoupled, *mu_product, rule);
     *mu_product = s.new_mu_product;
-    static_cast<math::NadamScalars*>(scratch)[i] = s;
+    static_cast<math::NadamScalars<T>*>(scratch)[i] = s;
   }
 };
 
 template <typename P, typename S, int kRule, bool kWeightDecay>
 struct NadamBody {
+  using T = typename math::OpMath<P>::type;
   P* p;
-  const P* g;
+  P* g;
   S* m;
   S* v;
-  float grad_mult;
-  math::NadamScalars s;
+  T grad_mult;
+  math::NadamScalars<T> s;
+  const float* grad_scale;  // nullptr: the grads are not written back
+  float scale;
 
   template <bool V>
   __device__ __forceinline__ void run(const Access& a) {
-    float rp[kILP], rg[kILP], rm[kILP], rv[kILP];
+    T rp[kILP], rg[kILP], rm[kILP], rv[kILP];
     load<V>(rp, p, a);
     load<V>(rg, g, a);
     load<V>(rm, m, a);
@@ -49,6 +53,11 @@ struct NadamBody {
     store<V>(p, a, rp);
     store<V>(m, a, rm);
     store<V>(v, a, rv);
+    if (grad_scale != nullptr) {
+#pragma unroll
+      for (int j = 0; j < kILP; ++j) rg[j] = math::unscaled_grad(rg[j], scale);
+      store<V>(g, a, rg);
+    }
   }
 };
 
@@ -57,16 +66,19 @@ struct NadamFunctor {
   static constexpr int kMinBlocksPerSm = kUpdateMinBlocksPerSm;
   __device__ __forceinline__ void operator()(const TensorListMeta<kNadamDepth>& meta,
                                              const ChunkRef& ref, const float* control,
-                                             bool maximize) const {
+                                             bool maximize, const float* grad_scale) const {
     const StepControl c = read_control(control, maximize);
     if (c.skip) return;
+    using T = typename math::OpMath<P>::type;
     NadamBody<P, S, kRule, kWeightDecay> body{
         chunk_ptr<P>(meta, 0, ref),
-        chunk_ptr<const P>(meta, 1, ref),
+        chunk_ptr<P>(meta, 1, ref),
         chunk_ptr<S>(meta, 2, ref),
         chunk_ptr<S>(meta, 3, ref),
-        c.grad_mult,
-        *static_cast<const math::NadamScalars*>(meta.addresses[4][ref.tensor])};
+        static_cast<T>(c.grad_mult),
+        *static_cast<const math::NadamScalars<T>*>(meta.addresses[4][ref.tensor]),
+        grad_scale,
+        read_grad_scale(grad_scale)};
     const bool aligned = is_vector_aligned<P>(body.p) && is_vector_aligned<P>(body.g) &&
                          is_vector_aligned<S>(body.m) && is_vector_aligned<S>(body.v);
     for_each_in_chunk(ref.n, aligned, body);
@@ -75,8 +87,9 @@ struct NadamFunctor {
 
 }  // namespace
 
+// Sized for the widest opmath (double), whatever the call's dtype.
 size_t nadam_scratch_bytes(int64_t count) {
-  return static_cast<size_t>(count) * sizeof(math::NadamScalars);
+  return static_cast<size_t>(count) * sizeof(math::NadamScalars<double>);
 }
 
 void launch_nadam_step(TensorTable& table, const std::vector<void*>& steps,
@@ -84,11 +97,20 @@ void launch_nadam_step(TensorTable& table, const std::vector<void*>& steps,
                        DType state, const NadamArgs& args, void* stream_ptr) {
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (table.count == 0) return;
-  launch_prepare<true>(steps, &mu_products, args.control,
-                 NadamPrepare{args.lr, args.beta1, args.beta2, args.eps, args.weight_decay,
-                              args.momentum_decay, args.decoupled_weight_decay, args.rule},
-                 scratch, stream);
-  point_at_scratch<math::NadamScalars>(table, 4, scratch);
+  auto prepare = [&](auto opmath_tag) {
+    using T = decltype(opmath_tag);
+    launch_prepare<true>(steps, &mu_products, args.control,
+                         NadamPrepare<T>{args.lr, args.beta1, args.beta2, args.eps,
+                                         args.weight_decay, args.momentum_decay,
+                                         args.decoupled_weight_decay, args.rule},
+                         scratch, stream);
+    point_at_scratch<math::NadamScalars<T>>(table, 4, scratch);
+  };
+  if (param == DType::kFloat64) {
+    prepare(double{});
+  } else {
+    prepare(float{});
+  }
   with_bool(args.rule == math::kRulePlaybook, [&](auto playbook) {
     with_bool(args.weight_decay != 0.0, [&](auto wd) {
       dispatch_dtypes(param, state, [&](auto param_tag, auto state_tag) {
@@ -96,7 +118,7 @@ void launch_nadam_step(TensorTable& table, const std::vector<void*>& steps,
         using Functor =
             NadamFunctor<decltype(param_tag), decltype(state_tag), kRule, decltype(wd)::value>;
         multi_tensor_apply<kNadamDepth>(table, stream, 0, "nadam_step_", Functor{},
-                                        args.control, args.maximize);
+                                        args.control, args.maximize, args.grad_scale);
       });
     });
   });

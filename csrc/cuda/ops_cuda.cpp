@@ -39,6 +39,8 @@ std::optional<DType> to_dtype(at::ScalarType t) {
       return DType::kBFloat16;
     case at::kHalf:
       return DType::kFloat16;
+    case at::kDouble:
+      return DType::kFloat64;
     default:
       return std::nullopt;
   }
@@ -105,7 +107,7 @@ ListCheck check_update_lists(const char* op, at::TensorList params, at::TensorLi
   TORCH_CHECK(device.is_cuda(), "tunebook::", op, " (CUDA): params[0] is on ", device);
   const auto param_dtype = to_dtype(pdt);
   TORCH_CHECK(param_dtype.has_value(), "tunebook::", op,
-              ": params must be float32, bfloat16 or float16, got ", pdt);
+              ": params must be float32, bfloat16, float16 or float64, got ", pdt);
   at::ScalarType sdt = pdt;
   bool sdt_set = false;
   for (const auto& s : states) {
@@ -135,8 +137,9 @@ ListCheck check_update_lists(const char* op, at::TensorList params, at::TensorLi
         if (!sdt_set) {
           sdt = t.scalar_type();
           sdt_set = true;
-          TORCH_CHECK(sdt == pdt || sdt == at::kFloat, "tunebook::", op,
-                      ": state dtype must be the params' dtype or float32, got ", sdt);
+          TORCH_CHECK(sdt == pdt || (sdt == at::kFloat && pdt != at::kDouble), "tunebook::", op,
+                      ": state dtype must be the params' dtype (or float32 for 16-bit "
+                      "params), got ", sdt, " for ", pdt, " params");
         }
         TORCH_CHECK(t.device() == device && t.scalar_type() == sdt, "tunebook::", op, ": ",
                     s.first, "[", i, "] must be a ", sdt, " tensor on ", device, ", got ",
@@ -164,6 +167,14 @@ std::vector<void*> scalar_pointers(const char* op, const char* what, at::TensorL
   return out;
 }
 
+// GradScaler's scale for the unscaled-gradient store, or nullptr.
+const float* grad_scale_ptr(const char* op, const std::optional<at::Tensor>& grad_scale,
+                            const c10::Device& device) {
+  if (!grad_scale.has_value()) return nullptr;
+  check_device_scalar(op, *grad_scale, "grad_scale", device);
+  return grad_scale->data_ptr<float>();
+}
+
 void check_rule(const char* op, int64_t rule) {
   TORCH_CHECK(rule == math::kRuleTorch || rule == math::kRulePlaybook, "tunebook::", op,
               ": rule must be 0 (torch) or 1 (playbook), got ", rule);
@@ -182,20 +193,20 @@ at::Tensor grad_sq_norm_cuda(at::TensorList grads) {
   TORCH_CHECK(device.is_cuda(), "tunebook::grad_sq_norm (CUDA): grads[0] is on ", device);
   c10::cuda::CUDAGuard guard(device);
   // One table per dtype (grads of different groups may differ in dtype).
-  std::array<std::vector<size_t>, 3> by_dtype;
+  std::array<std::vector<size_t>, 4> by_dtype;
   for (size_t i = 0; i < grads.size(); ++i) {
     const at::Tensor& g = grads[i];
     TORCH_CHECK(g.device() == device, "tunebook::grad_sq_norm: grads[", i, "] is on ",
                 g.device(), " but grads[0] is on ", device, "; all grads must share a device");
     const auto dtype = to_dtype(g.scalar_type());
     TORCH_CHECK(dtype.has_value(), "tunebook::grad_sq_norm: grads[", i,
-                "] must be float32, bfloat16 or float16, got ", g.scalar_type());
+                "] must be float32, bfloat16, float16 or float64, got ", g.scalar_type());
     check_dense("grad_sq_norm", g, "grads", i);
     by_dtype[static_cast<int>(*dtype)].push_back(i);
   }
   std::vector<std::pair<DType, TensorTable>> tables;
   int64_t partial_count = 0;
-  for (int d = 0; d < 3; ++d) {
+  for (int d = 0; d < 4; ++d) {
     if (by_dtype[d].empty()) continue;
     TensorTable table(1, static_cast<int64_t>(by_dtype[d].size()));
     for (size_t k = 0; k < by_dtype[d].size(); ++k) {
@@ -262,7 +273,8 @@ void step_control_cuda(const std::optional<at::Tensor>& sq_norm,
 void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                    const at::Tensor& control, const std::optional<at::Tensor>& lr_tensor,
                    double lr, double momentum, double dampening, double weight_decay,
-                   bool nesterov, bool maximize, bool is_first_step) {
+                   bool nesterov, bool maximize, bool is_first_step,
+                   const std::optional<at::Tensor>& grad_scale) {
   if (params.empty()) return;
   TensorTable table(3, static_cast<int64_t>(params.size()));
   const ListCheck lists = check_update_lists("sgd_step_", params, grads,
@@ -282,6 +294,7 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
   args.maximize = maximize;
   args.is_first_step = is_first_step;
   args.control = control.data_ptr<float>();
+  args.grad_scale = grad_scale_ptr("sgd_step_", grad_scale, lists.device);
   launch_sgd_step(table, lists.param, lists.state, args, current_stream(lists.device));
 }
 
@@ -290,7 +303,8 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList steps, const at::Tensor& control,
                     const std::optional<at::Tensor>& lr_tensor, double lr, double beta1,
                     double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-                    bool decoupled_weight_decay, int64_t rule) {
+                    bool decoupled_weight_decay, int64_t rule,
+                    const std::optional<at::Tensor>& grad_scale) {
   if (params.empty()) return;
   TensorTable table(kAdamDepth, static_cast<int64_t>(params.size()));
   const ListCheck lists = check_update_lists(
@@ -319,6 +333,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   args.decoupled_weight_decay = decoupled_weight_decay;
   args.rule = static_cast<int>(rule);
   args.control = control.data_ptr<float>();
+  args.grad_scale = grad_scale_ptr("adam_step_", grad_scale, lists.device);
   at::Tensor scratch = scratch_buffer(adam_scratch_bytes(table.count), lists.device);
   launch_adam_step(table, step_ptrs, scratch.data_ptr(), lists.param, lists.state, args,
                    current_stream(lists.device));
@@ -329,7 +344,8 @@ void rmsprop_step_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
                        at::TensorList steps, const at::Tensor& control,
                        const std::optional<at::Tensor>& lr_tensor, double lr, double alpha,
                        double eps, double weight_decay, double momentum, bool centered,
-                       bool maximize, int64_t rule) {
+                       bool maximize, int64_t rule,
+                       const std::optional<at::Tensor>& grad_scale) {
   if (params.empty()) return;
   TensorTable table(kRmspropDepth, static_cast<int64_t>(params.size()));
   const ListCheck lists = check_update_lists(
@@ -359,6 +375,7 @@ void rmsprop_step_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
   args.maximize = maximize;
   args.rule = static_cast<int>(rule);
   args.control = control.data_ptr<float>();
+  args.grad_scale = grad_scale_ptr("rmsprop_step_", grad_scale, lists.device);
   launch_rmsprop_step(table, step_ptrs, lists.param, lists.state, args,
                       current_stream(lists.device));
 }
@@ -368,7 +385,8 @@ void nadam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                      at::TensorList steps, const at::Tensor& control,
                      const std::optional<at::Tensor>& lr_tensor, double lr, double beta1,
                      double beta2, double eps, double weight_decay, double momentum_decay,
-                     bool decoupled_weight_decay, bool maximize, int64_t rule) {
+                     bool decoupled_weight_decay, bool maximize, int64_t rule,
+                     const std::optional<at::Tensor>& grad_scale) {
   if (params.empty()) return;
   TensorTable table(kNadamDepth, static_cast<int64_t>(params.size()));
   const ListCheck lists = check_update_lists(
@@ -394,6 +412,7 @@ void nadam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   args.maximize = maximize;
   args.rule = static_cast<int>(rule);
   args.control = control.data_ptr<float>();
+  args.grad_scale = grad_scale_ptr("nadam_step_", grad_scale, lists.device);
   at::Tensor scratch = scratch_buffer(nadam_scratch_bytes(table.count), lists.device);
   launch_nadam_step(table, step_ptrs, mu_ptrs, scratch.data_ptr(), lists.param, lists.state,
                     args, current_stream(lists.device));

@@ -11,17 +11,20 @@ namespace {
 template <typename P, typename S, int kRule, bool kCentered, bool kMomentum,
           bool kWeightDecay>
 struct RmspropBody {
+  using T = typename math::OpMath<P>::type;
   P* p;
-  const P* g;
+  P* g;
   S* sq;
   S* ga;
   S* buf;
-  float grad_mult;
-  math::RmspropScalars s;
+  T grad_mult;
+  math::RmspropScalars<T> s;
+  const float* grad_scale;  // nullptr: the grads are not written back
+  float scale;
 
   template <bool V>
   __device__ __forceinline__ void run(const Access& a) {
-    float rp[kILP], rg[kILP], rs[kILP], ra[kILP] = {}, rb[kILP] = {};
+    T rp[kILP], rg[kILP], rs[kILP], ra[kILP] = {}, rb[kILP] = {};
     load<V>(rp, p, a);
     load<V>(rg, g, a);
     load<V>(rs, sq, a);
@@ -36,6 +39,11 @@ struct RmspropBody {
     store<V>(sq, a, rs);
     if constexpr (kCentered) store<V>(ga, a, ra);
     if constexpr (kMomentum) store<V>(buf, a, rb);
+    if (grad_scale != nullptr) {
+#pragma unroll
+      for (int j = 0; j < kILP; ++j) rg[j] = math::unscaled_grad(rg[j], scale);
+      store<V>(g, a, rg);
+    }
   }
 };
 
@@ -50,14 +58,17 @@ struct RmspropFunctor {
   static constexpr int kMinBlocksPerSm = kUpdateMinBlocksPerSm;
   __device__ __forceinline__ void operator()(const TensorListMeta<kRmspropDepth>& meta,
                                              const ChunkRef& ref, const float* control,
-                                             bool maximize, RmspropHyper h) const {
+                                             bool maximize, RmspropHyper h,
+                                             const float* grad_scale) const {
     const StepControl c = read_control(control, maximize);
     if (c.skip) return;
+    using T = typename math::OpMath<P>::type;
     RmspropBody<P, S, kRule, kCentered, kMomentum, kWeightDecay> body{
-        chunk_ptr<P>(meta, 0, ref), chunk_ptr<const P>(meta, 1, ref),
+        chunk_ptr<P>(meta, 0, ref), chunk_ptr<P>(meta, 1, ref),
         chunk_ptr<S>(meta, 2, ref), chunk_ptr<S>(meta, 3, ref),
-        chunk_ptr<S>(meta, 4, ref), c.grad_mult,
-        math::rmsprop_scalars(read_lr(h.lr), h.alpha, h.eps, h.weight_decay, h.momentum)};
+        chunk_ptr<S>(meta, 4, ref), static_cast<T>(c.grad_mult),
+        math::rmsprop_scalars<T>(read_lr(h.lr), h.alpha, h.eps, h.weight_decay, h.momentum),
+        grad_scale, read_grad_scale(grad_scale)};
     const bool aligned = is_vector_aligned<P>(body.p) && is_vector_aligned<P>(body.g) &&
                          is_vector_aligned<S>(body.sq) && is_vector_aligned<S>(body.ga) &&
                          is_vector_aligned<S>(body.buf);
@@ -87,7 +98,8 @@ void launch_rmsprop_step(const TensorTable& table, const std::vector<void*>& ste
                                            decltype(centered)::value, decltype(mom)::value,
                                            decltype(wd)::value>;
             multi_tensor_apply<kRmspropDepth>(table, stream, 0, "rmsprop_step_", Functor{},
-                                              args.control, args.maximize, hyper);
+                                              args.control, args.maximize, hyper,
+                                              args.grad_scale);
           });
         });
       });

@@ -13,15 +13,18 @@ constexpr int kSgdDepth = 3;
 template <typename P, typename S, bool kMomentum, bool kNesterov, bool kFirstStep,
           bool kWeightDecay>
 struct SgdBody {
+  using T = typename math::OpMath<P>::type;
   P* p;
-  const P* g;
+  P* g;
   S* buf;
-  float grad_mult;
-  math::SgdScalars s;
+  T grad_mult;
+  math::SgdScalars<T> s;
+  const float* grad_scale;  // nullptr: the grads are not written back
+  float scale;
 
   template <bool V>
   __device__ __forceinline__ void run(const Access& a) {
-    float rp[kILP], rg[kILP], rb[kILP] = {};
+    T rp[kILP], rg[kILP], rb[kILP] = {};
     load<V>(rp, p, a);
     load<V>(rg, g, a);
     // On the first step torch clones the grad into the buffer: the old contents are unused.
@@ -33,6 +36,11 @@ struct SgdBody {
     }
     store<V>(p, a, rp);
     if constexpr (kMomentum) store<V>(buf, a, rb);
+    if (grad_scale != nullptr) {
+#pragma unroll
+      for (int j = 0; j < kILP; ++j) rg[j] = math::unscaled_grad(rg[j], scale);
+      store<V>(g, a, rg);
+    }
   }
 };
 
@@ -47,13 +55,16 @@ struct SgdFunctor {
   static constexpr int kMinBlocksPerSm = kUpdateMinBlocksPerSm;
   __device__ __forceinline__ void operator()(const TensorListMeta<kSgdDepth>& meta,
                                              const ChunkRef& ref, const float* control,
-                                             bool maximize, SgdHyper h) const {
+                                             bool maximize, SgdHyper h,
+                                             const float* grad_scale) const {
     const StepControl c = read_control(control, maximize);
     if (c.skip) return;
+    using T = typename math::OpMath<P>::type;
     SgdBody<P, S, kMomentum, kNesterov, kFirstStep, kWeightDecay> body{
-        chunk_ptr<P>(meta, 0, ref), chunk_ptr<const P>(meta, 1, ref),
-        chunk_ptr<S>(meta, 2, ref), c.grad_mult,
-        math::sgd_scalars(read_lr(h.lr), h.momentum, h.dampening, h.weight_decay)};
+        chunk_ptr<P>(meta, 0, ref), chunk_ptr<P>(meta, 1, ref),
+        chunk_ptr<S>(meta, 2, ref), static_cast<T>(c.grad_mult),
+        math::sgd_scalars<T>(read_lr(h.lr), h.momentum, h.dampening, h.weight_decay),
+        grad_scale, read_grad_scale(grad_scale)};
     const bool aligned = is_vector_aligned<P>(body.p) && is_vector_aligned<P>(body.g) &&
                          is_vector_aligned<S>(body.buf);
     for_each_in_chunk(ref.n, aligned, body);
@@ -73,7 +84,7 @@ void launch_sgd_step(const TensorTable& table, DType param, DType state, const S
                                  decltype(nest)::value, decltype(first)::value,
                                  decltype(wd)::value>;
       multi_tensor_apply<kSgdDepth>(table, stream, 0, "sgd_step_", Functor{}, args.control,
-                                    args.maximize, hyper);
+                                    args.maximize, hyper, args.grad_scale);
     };
     if constexpr (decltype(mom)::value) {
       dispatch_dtypes(param, state, apply);

@@ -1,5 +1,7 @@
 // Runs tunebook's CUDA update kernels serially on the host and compares them bit for bit
-// with a plain per-element loop over the same math (csrc/optim_math.h).
+// with a plain per-element loop over the same math (csrc/optim_math.h), in the opmath type
+// of the params (float, or double for float64 params), including the unscaled-gradient
+// store that GradScaler's scale turns on.
 //
 // Built by tests/test_cuda_emulation.py with the host compiler: TUNEBOOK_HOST_EMULATION
 // replaces each `<<<...>>>` launch by a loop over blocks and threads (blockDim.x = 512, as on
@@ -112,20 +114,28 @@ __nv_bfloat16 narrow<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <>
 __half narrow<__half>(float x) { return __float2half_rn(x); }
 
-size_t dtype_size(DType d) { return d == DType::kFloat32 ? 4 : 2; }
+size_t dtype_size(DType d) {
+  return d == DType::kFloat64 ? 8 : d == DType::kFloat32 ? 4 : 2;
+}
 
-float load(const void* p, DType d, int64_t i) {
+// Element i of a buffer of dtype d, in double (exact for every dtype).
+double load(const void* p, DType d, int64_t i) {
   switch (d) {
+    case DType::kFloat64: return static_cast<const double*>(p)[i];
     case DType::kFloat32: return static_cast<const float*>(p)[i];
     case DType::kBFloat16: return widen(static_cast<const __nv_bfloat16*>(p)[i]);
     default: return widen(static_cast<const __half*>(p)[i]);
   }
 }
-void store(void* p, DType d, int64_t i, float v) {
+// Stores v (an opmath value: float, or double for float64) rounded to dtype d.
+void store(void* p, DType d, int64_t i, double v) {
   switch (d) {
-    case DType::kFloat32: static_cast<float*>(p)[i] = v; break;
-    case DType::kBFloat16: static_cast<__nv_bfloat16*>(p)[i] = narrow<__nv_bfloat16>(v); break;
-    default: static_cast<__half*>(p)[i] = narrow<__half>(v); break;
+    case DType::kFloat64: static_cast<double*>(p)[i] = v; break;
+    case DType::kFloat32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
+    case DType::kBFloat16:
+      static_cast<__nv_bfloat16*>(p)[i] = narrow<__nv_bfloat16>(static_cast<float>(v));
+      break;
+    default: static_cast<__half*>(p)[i] = narrow<__half>(static_cast<float>(v)); break;
   }
 }
 
@@ -220,7 +230,7 @@ void compare(const std::string& name, const Problem& got, const Problem& want) {
       const size_t bytes = static_cast<size_t>(got.sizes[i]) * dtype_size(d);
       if (bytes && std::memcmp(got.ptr(k, i), want.ptr(k, i), bytes) != 0) {
         for (int64_t e = 0; e < got.sizes[i]; ++e) {
-          const float a = load(got.ptr(k, i), d, e), b = load(want.ptr(k, i), d, e);
+          const double a = load(got.ptr(k, i), d, e), b = load(want.ptr(k, i), d, e);
           if (std::memcmp(&a, &b, sizeof a) != 0) {
             std::printf("FAIL %s: list %zu tensor %zu (numel %lld) element %lld: %.9g vs %.9g\n",
                         name.c_str(), k, i, static_cast<long long>(got.sizes[i]),
@@ -239,23 +249,39 @@ void compare(const std::string& name, const Problem& got, const Problem& want) {
   }
 }
 
-// Reference: the per-element loop of the CPU path, element by element through float.
-template <typename Update>
+// Reference: the per-element loop of the CPU path, element by element through the opmath
+// type T. With `grad_scale` the grads are written back as math::unscaled_grad of the raw
+// grad; otherwise they are read-only.
+template <typename T, typename Update>
 void reference_loop(Problem& r, const std::function<void(size_t)>& per_tensor,
-                    const Update& update) {
+                    const Update& update, const float* grad_scale = nullptr) {
   for (size_t i = 0; i < r.sizes.size(); ++i) {
     per_tensor(i);
     for (int64_t e = 0; e < r.sizes[i]; ++e) {
-      float v[8] = {};
+      T v[8] = {};
       for (size_t k = 0; k < r.lists.size(); ++k) {
-        v[k] = load(r.ptr(k, i), k < 2 ? r.param : r.state, e);
+        v[k] = static_cast<T>(load(r.ptr(k, i), k < 2 ? r.param : r.state, e));
       }
+      const T raw_grad = v[1];
       update(i, v);
       for (size_t k = 0; k < r.lists.size(); ++k) {
-        if (k == 1) continue;  // grads are read-only
+        if (k == 1) continue;
         store(r.ptr(k, i), k < 2 ? r.param : r.state, e, v[k]);
       }
+      if (grad_scale != nullptr) {
+        store(r.ptr(1, i), r.param, e, math::unscaled_grad(raw_grad, *grad_scale));
+      }
     }
+  }
+}
+
+// Calls f(T{}) with the opmath type of params of dtype d.
+template <typename F>
+void with_opmath(DType d, F&& f) {
+  if (d == DType::kFloat64) {
+    f(double{});
+  } else {
+    f(float{});
   }
 }
 
@@ -268,18 +294,26 @@ std::vector<int64_t> test_sizes() {
 }
 
 const char* dtype_name(DType d) {
-  return d == DType::kFloat32 ? "f32" : d == DType::kBFloat16 ? "bf16" : "f16";
+  return d == DType::kFloat64   ? "f64"
+         : d == DType::kFloat32 ? "f32"
+         : d == DType::kBFloat16 ? "bf16"
+                                 : "f16";
 }
 
 const std::vector<std::pair<DType, DType>> kDtypes = {
     {DType::kFloat32, DType::kFloat32}, {DType::kBFloat16, DType::kBFloat16},
     {DType::kBFloat16, DType::kFloat32}, {DType::kFloat16, DType::kFloat16},
-    {DType::kFloat16, DType::kFloat32}};
+    {DType::kFloat16, DType::kFloat32}, {DType::kFloat64, DType::kFloat64}};
+
+// GradScaler's scale for the checks that turn the unscaled-gradient store on: not a power of
+// two, so a multiplication by 1/scale would not match the division.
+const float kGradScale = 3.0f;
 
 void check_adam(bool amsgrad, bool decoupled, double wd, bool maximize, int rule, bool skip,
                 bool lr_tensor, DType p, DType s,
-                const std::vector<int64_t>& sizes = test_sizes()) {
+                const std::vector<int64_t>& sizes = test_sizes(), bool unscale = false) {
   const std::string name = std::string("adam ams=") + std::to_string(amsgrad) +
+                           " unscale=" + std::to_string(unscale) +
                            " decoupled=" + std::to_string(decoupled) + " wd=" +
                            std::to_string(wd) + " max=" + std::to_string(maximize) + " rule=" +
                            std::to_string(rule) + " skip=" + std::to_string(skip) + " " +
@@ -296,6 +330,7 @@ void check_adam(bool amsgrad, bool decoupled, double wd, bool maximize, int rule
   args.beta1 = 0.9, args.beta2 = 0.99, args.eps = 1e-6, args.weight_decay = wd;
   args.amsgrad = amsgrad, args.maximize = maximize, args.decoupled_weight_decay = decoupled;
   args.rule = rule, args.control = control;
+  args.grad_scale = unscale ? &kGradScale : nullptr;
   for (int step = 0; step < 2; ++step) {
     TensorTable table = got.table(kAdamDepth);
     if (!amsgrad) {
@@ -304,30 +339,35 @@ void check_adam(bool amsgrad, bool decoupled, double wd, bool maximize, int rule
     std::vector<unsigned char> scratch(adam_scratch_bytes(table.count) + 16);
     launch_adam_step(table, got.step_ptrs(), scratch.data(), p, s, args, nullptr);
     if (skip) continue;
-    std::vector<math::AdamScalars> sc(want.sizes.size());
-    const float mult = maximize ? -control[0] : control[0];
-    auto run = [&](auto ams_tag, auto wd_tag) {
-      reference_loop(
-          want,
-          [&](size_t i) {
-            want.steps[i] += 1.0f;
-            sc[i] = math::adam_scalars(want.steps[i], lr_value, args.beta1, args.beta2,
-                                       args.eps, wd, decoupled, rule);
-          },
-          [&](size_t i, float* v) {
-            math::adam_update<decltype(ams_tag)::value, false, decltype(wd_tag)::value>(
-                v[0], v[1], v[2], v[3], v[4], mult, sc[i]);
-          });
-    };
-    with_bool(amsgrad, [&](auto a) { with_bool(wd != 0.0, [&](auto w) { run(a, w); }); });
+    with_opmath(p, [&](auto opmath_tag) {
+      using T = decltype(opmath_tag);
+      std::vector<math::AdamScalars<T>> sc(want.sizes.size());
+      const T mult = maximize ? -control[0] : control[0];
+      auto run = [&](auto ams_tag, auto wd_tag) {
+        reference_loop<T>(
+            want,
+            [&](size_t i) {
+              want.steps[i] += 1.0f;
+              sc[i] = math::adam_scalars<T>(want.steps[i], lr_value, args.beta1, args.beta2,
+                                            args.eps, wd, decoupled, rule);
+            },
+            [&](size_t i, T* v) {
+              math::adam_update<decltype(ams_tag)::value, false, decltype(wd_tag)::value>(
+                  v[0], v[1], v[2], v[3], v[4], mult, sc[i]);
+            },
+            args.grad_scale);
+      };
+      with_bool(amsgrad, [&](auto a) { with_bool(wd != 0.0, [&](auto w) { run(a, w); }); });
+    });
   }
   compare(name, got, want);
 }
 
 void check_sgd(double momentum, double dampening, double wd, bool nesterov, bool maximize,
-               DType p, DType s) {
+               DType p, DType s, bool unscale = false) {
   const std::string name = "sgd mom=" + std::to_string(momentum) + " nest=" +
-                           std::to_string(nesterov) + " " + dtype_name(p) + "/" + dtype_name(s);
+                           std::to_string(nesterov) + " unscale=" + std::to_string(unscale) +
+                           " " + dtype_name(p) + "/" + dtype_name(s);
   const bool has_momentum = momentum != 0.0;
   Problem got(test_sizes(), p, has_momentum ? s : p, has_momentum ? 1 : 0, 2);
   Problem want = got.deep_copy();
@@ -337,36 +377,45 @@ void check_sgd(double momentum, double dampening, double wd, bool nesterov, bool
     args.lr.value = 0.1, args.momentum = momentum, args.dampening = dampening;
     args.weight_decay = wd, args.nesterov = nesterov, args.maximize = maximize;
     args.is_first_step = step == 0, args.control = control;
+    args.grad_scale = unscale ? &kGradScale : nullptr;
     TensorTable table = got.table(3);
     launch_sgd_step(table, p, has_momentum ? s : p, args, nullptr);
-    const math::SgdScalars sc = math::sgd_scalars(0.1, momentum, dampening, wd);
-    const float mult = maximize ? -control[0] : control[0];
-    auto run = [&](auto mom, auto nest, auto first, auto wdt) {
-      reference_loop(want, [](size_t) {}, [&](size_t, float* v) {
-        float buf = decltype(mom)::value ? v[2] : 0.0f;
-        math::sgd_update<decltype(mom)::value, decltype(nest)::value, decltype(first)::value,
-                         false, decltype(wdt)::value>(v[0], v[1], buf, mult, sc);
-        v[2] = buf;
+    with_opmath(p, [&](auto opmath_tag) {
+      using T = decltype(opmath_tag);
+      const math::SgdScalars<T> sc = math::sgd_scalars<T>(0.1, momentum, dampening, wd);
+      const T mult = maximize ? -control[0] : control[0];
+      auto run = [&](auto mom, auto nest, auto first, auto wdt) {
+        reference_loop<T>(
+            want, [](size_t) {},
+            [&](size_t, T* v) {
+              T buf = decltype(mom)::value ? v[2] : T(0);
+              math::sgd_update<decltype(mom)::value, decltype(nest)::value,
+                               decltype(first)::value, false, decltype(wdt)::value>(
+                  v[0], v[1], buf, mult, sc);
+              v[2] = buf;
+            },
+            args.grad_scale);
+      };
+      with_bool(wd != 0.0, [&](auto w) {
+        if (!has_momentum) {
+          run(std::false_type{}, std::false_type{}, std::false_type{}, w);
+        } else {
+          with_bool(nesterov, [&](auto n) {
+            with_bool(step == 0, [&](auto f) { run(std::true_type{}, n, f, w); });
+          });
+        }
       });
-    };
-    with_bool(wd != 0.0, [&](auto w) {
-      if (!has_momentum) {
-        run(std::false_type{}, std::false_type{}, std::false_type{}, w);
-      } else {
-        with_bool(nesterov, [&](auto n) {
-          with_bool(step == 0, [&](auto f) { run(std::true_type{}, n, f, w); });
-        });
-      }
     });
   }
   compare(name, got, want);
 }
 
 void check_rmsprop(int rule, bool centered, double momentum, double wd, bool maximize, DType p,
-                   DType s) {
+                   DType s, bool unscale = false) {
   const std::string name = "rmsprop rule=" + std::to_string(rule) + " centered=" +
-                           std::to_string(centered) + " mom=" + std::to_string(momentum) + " " +
-                           dtype_name(p) + "/" + dtype_name(s);
+                           std::to_string(centered) + " mom=" + std::to_string(momentum) +
+                           " unscale=" + std::to_string(unscale) + " " + dtype_name(p) + "/" +
+                           dtype_name(s);
   // square_avg >= 1 > grad_avg^2: a consistent centered state (no sqrt of a negative).
   Problem got(test_sizes(), p, s, 3, 3, {1.0f, 0.0f, 0.0f});
   Problem want = got.deep_copy();
@@ -376,6 +425,7 @@ void check_rmsprop(int rule, bool centered, double momentum, double wd, bool max
   args.lr.tensor = &lr_value;  // a float32 lr tensor
   args.alpha = 0.95, args.eps = 1e-6, args.weight_decay = wd, args.momentum = momentum;
   args.centered = centered, args.maximize = maximize, args.rule = rule, args.control = control;
+  args.grad_scale = unscale ? &kGradScale : nullptr;
   for (int step = 0; step < 2; ++step) {
     TensorTable table = got.table(kRmspropDepth);
     for (int64_t i = 0; i < table.count; ++i) {
@@ -383,33 +433,41 @@ void check_rmsprop(int rule, bool centered, double momentum, double wd, bool max
       if (momentum == 0.0) table.set(4, i, nullptr);
     }
     launch_rmsprop_step(table, got.step_ptrs(), p, s, args, nullptr);
-    const math::RmspropScalars sc =
-        math::rmsprop_scalars(static_cast<double>(lr_value), 0.95, 1e-6, wd, momentum);
-    const float mult = maximize ? -control[0] : control[0];
-    auto run = [&](auto pb, auto cen, auto mom, auto wdt) {
-      constexpr int kRule = decltype(pb)::value ? math::kRulePlaybook : math::kRuleTorch;
-      reference_loop(
-          want, [&](size_t i) { want.steps[i] += 1.0f; },
-          [&](size_t, float* v) {
-            const float ga0 = v[3], buf0 = v[4];
-            math::rmsprop_update<kRule, decltype(cen)::value, decltype(mom)::value, false,
-                                 decltype(wdt)::value>(v[0], v[1], v[2], v[3], v[4], mult, sc);
-            if (!decltype(cen)::value) v[3] = ga0;  // absent lists stay untouched
-            if (!decltype(mom)::value) v[4] = buf0;
-          });
-    };
-    with_bool(rule == math::kRulePlaybook, [&](auto pb) {
-      with_bool(centered, [&](auto c) {
-        with_bool(momentum != 0.0, [&](auto m) { with_bool(wd != 0.0, [&](auto w) { run(pb, c, m, w); }); });
+    with_opmath(p, [&](auto opmath_tag) {
+      using T = decltype(opmath_tag);
+      const math::RmspropScalars<T> sc =
+          math::rmsprop_scalars<T>(static_cast<double>(lr_value), 0.95, 1e-6, wd, momentum);
+      const T mult = maximize ? -control[0] : control[0];
+      auto run = [&](auto pb, auto cen, auto mom, auto wdt) {
+        constexpr int kRule = decltype(pb)::value ? math::kRulePlaybook : math::kRuleTorch;
+        reference_loop<T>(
+            want, [&](size_t i) { want.steps[i] += 1.0f; },
+            [&](size_t, T* v) {
+              const T ga0 = v[3], buf0 = v[4];
+              math::rmsprop_update<kRule, decltype(cen)::value, decltype(mom)::value, false,
+                                   decltype(wdt)::value>(v[0], v[1], v[2], v[3], v[4], mult,
+                                                         sc);
+              if (!decltype(cen)::value) v[3] = ga0;  // absent lists stay untouched
+              if (!decltype(mom)::value) v[4] = buf0;
+            },
+            args.grad_scale);
+      };
+      with_bool(rule == math::kRulePlaybook, [&](auto pb) {
+        with_bool(centered, [&](auto c) {
+          with_bool(momentum != 0.0,
+                    [&](auto m) { with_bool(wd != 0.0, [&](auto w) { run(pb, c, m, w); }); });
+        });
       });
     });
   }
   compare(name, got, want);
 }
 
-void check_nadam(int rule, bool decoupled, double wd, bool maximize, DType p, DType s) {
+void check_nadam(int rule, bool decoupled, double wd, bool maximize, DType p, DType s,
+                 bool unscale = false) {
   const std::string name = "nadam rule=" + std::to_string(rule) + " decoupled=" +
-                           std::to_string(decoupled) + " " + dtype_name(p) + "/" + dtype_name(s);
+                           std::to_string(decoupled) + " unscale=" + std::to_string(unscale) +
+                           " " + dtype_name(p) + "/" + dtype_name(s);
   Problem got(test_sizes(), p, s, 2, 4);
   Problem want = got.deep_copy();
   float control[2] = {1.0f, 0.0f};
@@ -417,30 +475,35 @@ void check_nadam(int rule, bool decoupled, double wd, bool maximize, DType p, DT
   args.lr.value = 2e-3, args.beta1 = 0.9, args.beta2 = 0.999, args.eps = 1e-8;
   args.weight_decay = wd, args.momentum_decay = 4e-3, args.decoupled_weight_decay = decoupled;
   args.maximize = maximize, args.rule = rule, args.control = control;
+  args.grad_scale = unscale ? &kGradScale : nullptr;
   for (int step = 0; step < 2; ++step) {
     TensorTable table = got.table(kNadamDepth);
     std::vector<unsigned char> scratch(nadam_scratch_bytes(table.count) + 16);
     launch_nadam_step(table, got.step_ptrs(), got.mu_ptrs(), scratch.data(), p, s, args,
                       nullptr);
-    std::vector<math::NadamScalars> sc(want.sizes.size());
-    const float mult = maximize ? -control[0] : control[0];
-    auto run = [&](auto pb, auto wdt) {
-      constexpr int kRule = decltype(pb)::value ? math::kRulePlaybook : math::kRuleTorch;
-      reference_loop(
-          want,
-          [&](size_t i) {
-            want.steps[i] += 1.0f;
-            sc[i] = math::nadam_scalars(want.steps[i], 2e-3, 0.9, 0.999, 1e-8, wd, 4e-3,
-                                        decoupled, want.mu_products[i], rule);
-            want.mu_products[i] = sc[i].new_mu_product;
-          },
-          [&](size_t i, float* v) {
-            math::nadam_update<kRule, false, decltype(wdt)::value>(v[0], v[1], v[2], v[3], mult,
-                                                                  sc[i]);
-          });
-    };
-    with_bool(rule == math::kRulePlaybook, [&](auto pb) {
-      with_bool(wd != 0.0, [&](auto w) { run(pb, w); });
+    with_opmath(p, [&](auto opmath_tag) {
+      using T = decltype(opmath_tag);
+      std::vector<math::NadamScalars<T>> sc(want.sizes.size());
+      const T mult = maximize ? -control[0] : control[0];
+      auto run = [&](auto pb, auto wdt) {
+        constexpr int kRule = decltype(pb)::value ? math::kRulePlaybook : math::kRuleTorch;
+        reference_loop<T>(
+            want,
+            [&](size_t i) {
+              want.steps[i] += 1.0f;
+              sc[i] = math::nadam_scalars<T>(want.steps[i], 2e-3, 0.9, 0.999, 1e-8, wd, 4e-3,
+                                             decoupled, want.mu_products[i], rule);
+              want.mu_products[i] = sc[i].new_mu_product;
+            },
+            [&](size_t i, T* v) {
+              math::nadam_update<kRule, false, decltype(wdt)::value>(v[0], v[1], v[2], v[3],
+                                                                    mult, sc[i]);
+            },
+            args.grad_scale);
+      };
+      with_bool(rule == math::kRulePlaybook, [&](auto pb) {
+        with_bool(wd != 0.0, [&](auto w) { run(pb, w); });
+      });
     });
   }
   compare(name, got, want);
@@ -490,14 +553,16 @@ void check_locate_chunk() {
 // with head = the elements before the first 16-byte boundary (capped at n) and kVec = 16
 // bytes of elements. Each thread's chains are added pairwise, widened to double and added
 // over the threads in the order the emulated block_sum uses (thread 511 first).
-double reference_chunk_partial(const void* data, DType d, int64_t n) {
+// float64 grads: the same mapping with double chains (kVec = 2), one fma each.
+template <typename C>
+double reference_chunk_partial_in(const void* data, DType d, int64_t n) {
   const int size = static_cast<int>(dtype_size(d));
   const int vec = 16 / size;
   const int misaligned = static_cast<int>(reinterpret_cast<uintptr_t>(data) % 16);
   int64_t head = misaligned == 0 ? 0 : (16 - misaligned) / size;
   if (head > n) head = n;
   const int64_t vectors = (n - head) / vec;
-  std::vector<float> chains(static_cast<size_t>(kBlockSize) * vec, 0.0f);
+  std::vector<C> chains(static_cast<size_t>(kBlockSize) * vec, C(0));
   for (int64_t e = 0; e < n; ++e) {
     int64_t thread, chain;
     if (e < head) {
@@ -507,18 +572,24 @@ double reference_chunk_partial(const void* data, DType d, int64_t n) {
     } else {
       thread = e - head - vectors * vec, chain = 0;
     }
-    const float x = load(data, d, e);
-    float& c = chains[static_cast<size_t>(thread * vec + chain)];
+    const C x = static_cast<C>(load(data, d, e));
+    C& c = chains[static_cast<size_t>(thread * vec + chain)];
     c = std::fma(x, x, c);
   }
   double total = 0.0;
   for (int t = kBlockSize - 1; t >= 0; --t) {
-    const float* c = &chains[static_cast<size_t>(t) * vec];
-    float mine = (c[0] + c[1]) + (c[2] + c[3]);
+    const C* c = &chains[static_cast<size_t>(t) * vec];
+    C mine = c[0] + c[1];
+    if (vec >= 4) mine = (c[0] + c[1]) + (c[2] + c[3]);
     if (vec == 8) mine = mine + ((c[4] + c[5]) + (c[6] + c[7]));
     total += static_cast<double>(mine);
   }
   return total;
+}
+
+double reference_chunk_partial(const void* data, DType d, int64_t n) {
+  return d == DType::kFloat64 ? reference_chunk_partial_in<double>(data, d, n)
+                              : reference_chunk_partial_in<float>(data, d, n);
 }
 
 // The final pass, replayed: thread t adds partials t, t + 1024, ... in order; the threads'
@@ -543,16 +614,18 @@ void check_grad_norm() {
   for (int i = 0; i < 750; ++i) sizes.push_back(2 + i % 5);
   for (int64_t n = 1; n <= 40; ++n) sizes.push_back(n);  // every head x tail combination
   for (int64_t n : {8191, 8192, 8193, 16383, 16385, 3 * 65536 - 9}) sizes.push_back(n);
-  const DType dtypes[3] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
+  const DType dtypes[4] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16,
+                           DType::kFloat64};
   std::mt19937 gen(5);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<std::shared_ptr<Buffer>> buffers;
-  TensorTable tables[3] = {TensorTable(1, 0), TensorTable(1, 0), TensorTable(1, 0)};
+  TensorTable tables[4] = {TensorTable(1, 0), TensorTable(1, 0), TensorTable(1, 0),
+                           TensorTable(1, 0)};
   double expected = 0.0;
   for (size_t i = 0; i < sizes.size(); ++i) {
-    // Most grads float32 (so that table overflows), every 7th bf16, every 11th fp16; the
-    // storage offset cycles through 0-7 elements.
-    const int d = i % 7 == 0 ? 1 : i % 11 == 0 ? 2 : 0;
+    // Most grads float32 (so that table overflows), every 7th bf16, every 11th fp16, every
+    // 13th float64; the storage offset cycles through 0-7 elements.
+    const int d = i % 7 == 0 ? 1 : i % 11 == 0 ? 2 : i % 13 == 0 ? 3 : 0;
     auto buf = std::make_shared<Buffer>(sizes[i], dtypes[d], static_cast<int>(i % 8));
     for (int64_t e = 0; e < sizes[i]; ++e) {
       store(buf->data, dtypes[d], e, normal(gen));
@@ -569,7 +642,7 @@ void check_grad_norm() {
   for (const auto& t : tables) count += grad_sq_norm_partial_count(t);
   std::vector<double> partials(count, std::nan(""));
   int64_t written = 0;
-  for (int d = 0; d < 3; ++d) {
+  for (int d = 0; d < 4; ++d) {
     written += launch_grad_sq_norm_partials(tables[d], dtypes[d], partials.data(), written,
                                             nullptr);
   }
@@ -578,7 +651,7 @@ void check_grad_norm() {
   ++g_checks;
   // The same partials in launch order: dtype by dtype, tensor by tensor, chunk by chunk.
   std::vector<double> want;
-  for (int d = 0; d < 3; ++d) {
+  for (int d = 0; d < 4; ++d) {
     const TensorTable& t = tables[d];
     for (int64_t i = 0; i < t.count; ++i) {
       for (int64_t off = 0; off < t.numel[i]; off += kChunkSize) {
@@ -604,6 +677,28 @@ void check_grad_norm() {
                 static_cast<long long>(written), static_cast<long long>(count), out, want_out,
                 expected);
     ++g_failures;
+  }
+  // A finite sum of squares above the float32 maximum rounds to inf (a skipped step), as on
+  // the CPU: float32 grads of 2e19 and a float64 grad of 1e30.
+  const float big[3] = {2e19f, 0.0f, -2e19f};
+  const double huge[1] = {1e30};
+  TensorTable big_table(1, 1), huge_table(1, 1);
+  big_table.set(0, 0, const_cast<float*>(big));
+  big_table.numel[0] = 3;
+  huge_table.set(0, 0, const_cast<double*>(huge));
+  huge_table.numel[0] = 1;
+  for (const auto& [table, dtype] : {std::make_pair(&big_table, DType::kFloat32),
+                                     std::make_pair(&huge_table, DType::kFloat64)}) {
+    std::vector<double> part(grad_sq_norm_partial_count(*table));
+    const int64_t n = launch_grad_sq_norm_partials(*table, dtype, part.data(), 0, nullptr);
+    float sum = 0.0f;
+    launch_sum_partials(part.data(), n, &sum, nullptr);
+    ++g_checks;
+    if (!std::isinf(sum)) {
+      std::printf("FAIL grad_sq_norm overflow (%s): %.9g, expected inf\n", dtype_name(dtype),
+                  sum);
+      ++g_failures;
+    }
   }
 }
 
@@ -633,6 +728,19 @@ int main() {
   check_rmsprop(math::kRuleTorch, false, 0.0, 0.0, false, f32, f32);
   check_nadam(math::kRulePlaybook, true, 0.05, false, f32, f32);
   check_nadam(math::kRulePlaybook, false, 0.0, false, bf16, f32);
+  // GradScaler's unscaled-gradient store, every family, float32 / bf16 / float64.
+  const DType f64 = DType::kFloat64;
+  check_adam(true, false, 0.01, true, math::kRuleTorch, false, false, f32, f32, test_sizes(),
+             true);
+  check_adam(false, true, 0.01, false, math::kRuleTorch, false, false, bf16, f32, test_sizes(),
+             true);
+  check_adam(false, false, 0.01, false, math::kRuleTorch, true, false, f32, f32, test_sizes(),
+             true);  // skipped: the grads stay scaled
+  check_sgd(0.9, 0.0, 0.01, true, false, f64, f64, true);
+  check_sgd(0.0, 0.0, 0.0, false, true, bf16, bf16, true);
+  check_rmsprop(math::kRuleTorch, true, 0.9, 0.01, true, f32, f32, true);
+  check_nadam(math::kRuleTorch, true, 0.01, false, f64, f64, true);
+  check_adam(false, false, 0.0, false, math::kRulePlaybook, false, true, f64, f64);
   if (g_failures) {
     std::printf("%d of %d checks failed\n", g_failures, g_checks);
     return 1;

@@ -7,7 +7,9 @@ read with ``opt.grad_norms()``), ``skip_nonfinite`` (skip steps whose norm is in
 where the playbook differs from torch, ``rule="playbook"``.
 
 The step runs compiled multi-tensor kernels (csrc/, built just in time and cached) on the
-CPU or CUDA, or the pure-torch reference path; ``opt.backend`` tells which.
+CPU or CUDA, or the pure-torch reference path; ``opt.backend`` tells which. What is the same
+as torch.optim and what differs (the drop-in contract) is in the README and in each class's
+docstring.
 """
 
 from ._adam import Adam, AdamW

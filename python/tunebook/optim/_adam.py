@@ -9,11 +9,12 @@ from torch import Tensor
 
 from . import _functional as F
 from ._base import DEFAULT_NORM_LOG_CAPACITY, FusedOptimizer
-from ._common_doc import EXTRAS_DOC, check_betas, check_common, check_rule
+from ._common_doc import check_betas, check_common, check_rule, with_extras_doc
 
 __all__ = ["Adam", "AdamW"]
 
 
+@with_extras_doc
 class Adam(FusedOptimizer):
     r"""Adam, a drop-in ``torch.optim.Adam`` whose step is one fused multi-tensor kernel.
 
@@ -40,7 +41,7 @@ class Adam(FusedOptimizer):
     step; ``foreach``, ``fused`` and ``capturable`` are accepted and stored, the step is
     always fused and capturable; ``differentiable=True`` raises NotImplementedError).
     rule: "torch" or "playbook".
-    """ + EXTRAS_DOC + r"""
+
     Example:
         >>> opt = tunebook.optim.Adam(model.parameters(), lr=3e-4, max_grad_norm=1.0)
         >>> loss.backward(); opt.step(); opt.zero_grad()
@@ -75,17 +76,20 @@ class Adam(FusedOptimizer):
         check_betas(betas)
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled_default
-        self.rule = check_rule(rule)
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, rule=check_rule(rule),
         )
         super().__init__(
             params, defaults, max_grad_norm=max_grad_norm, log_grad_norm=log_grad_norm,
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
         )
+
+    _sparse_grad_error = (
+        "Adam does not support sparse gradients, please consider SparseAdam instead"
+    )
 
     def _plan_key(self, group):
         return bool(group["amsgrad"])
@@ -93,6 +97,7 @@ class Adam(FusedOptimizer):
     def _collect_state(self, group, params):
         amsgrad = group["amsgrad"]
         states = [self.state[p] for p in params]
+        fresh = tuple(i for i, state in enumerate(states) if len(state) == 0)
         for p, state in zip(params, states):
             if len(state) == 0:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
@@ -106,19 +111,21 @@ class Adam(FusedOptimizer):
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq" if amsgrad else None, "step")
         lists = [[state[key] for state in states] if key else [] for key in keys]
-        return keys, lists, True
+        return keys, lists, fresh
 
-    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
+    def _family_step(self, group, params, grads, lists, fresh, control, lr_tensor, lr,
+                     grad_scale, ops) -> None:
         exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = lists
         beta1, beta2 = group["betas"]
         ops.adam_step_(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, control, lr_tensor,
             lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
             bool(group["amsgrad"]), bool(group["maximize"]),
-            bool(group["decoupled_weight_decay"]), F.RULES[self.rule],
+            bool(group["decoupled_weight_decay"]), F.RULES[group["rule"]], grad_scale,
         )
 
 
+@with_extras_doc
 class AdamW(Adam):
     r"""AdamW, a drop-in ``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay
     :math:`\theta \leftarrow \theta (1 - \eta\lambda)` and ``weight_decay=1e-2`` by default.
@@ -154,3 +161,10 @@ class AdamW(Adam):
             log_grad_norm=log_grad_norm, norm_log_capacity=norm_log_capacity,
             skip_nonfinite=skip_nonfinite, backend=backend,
         )
+
+    def __setstate__(self, state):  # noqa: D105
+        super().__setstate__(state)
+        # As torch.optim.AdamW: loading any state (an Adam state_dict included) keeps the
+        # decay decoupled.
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

@@ -1,28 +1,40 @@
 """The machinery every tunebook optimizer shares: global-norm clipping, the gradient-norm
-log, non-finite skipping, GradScaler support, backend choice and torch state_dict layout.
+log, non-finite skipping, GradScaler support, backend choice and torch's state layout.
 
 One ``step()`` runs, with no host synchronisation:
 
 1. ``grad_sq_norm``: the sum of squares of every gradient of every param group (skipped when
-   clipping, the log and non-finite skipping are all off);
+   clipping, the log and non-finite skipping are all off) -- :meth:`_global_sq_norm`;
 2. ``step_control_``: on the device, ``norm = sqrt(sum) / grad_scale``, the clip coefficient
    ``min(1, max_grad_norm / (norm + 1e-6))`` (``torch.nn.utils.clip_grad_norm_``'s), the skip
    flag (``norm`` not finite, or GradScaler's ``found_inf``), the counters, and ``norm``
    written into a ring buffer;
 3. one fused update per param group and dtype, which multiplies each gradient by the
-   coefficient as it reads it, and changes nothing at all when the skip flag is set.
+   coefficient as it reads it, and changes nothing at all when the skip flag is set --
+   :meth:`_update_groups`.
 
-The lists each op takes (params with a grad, their state tensors, split by dtype) are
-cached per param group between steps (:class:`_StepPlan`) and rebuilt only when something
-they were read from has changed, checked each step by object identity: the group, its
-params, which params have a grad, the state mapping and every state tensor. So a step costs
-a few C-level comparisons per param on the host instead of dict lookups and layout checks;
-new grad tensors only have their layout checked.
+What each update takes (params with a grad, their state tensors, split by dtype) comes from
+``_init_group``, torch's name for the per-group collection, so that torch.compile runs it
+in Python (state initialisation, buffers) and traces the rest, as it does for torch.optim.
+Outside torch.compile the result is cached per param group between steps
+(:class:`_StepPlan`) and rebuilt only when something it was read from has changed, checked
+each step by object identity: the group, its params, which params have a grad, the state
+mapping and every state tensor. So an eager step costs a few C-level comparisons per param
+on the host; new grad tensors only have their layout checked.
+
+Layouts. The kernels process each tensor as its flat storage, so the tensors of one index
+must share their strides. A state tensor laid out differently from its param (a checkpoint
+saved contiguous, loaded into a channels_last model) is re-laid out once, in place in the
+state; a grad laid out differently is copied for the step (and copied back when the step
+writes it); a param that is not dense (a strided view) is stepped through a contiguous
+working copy that is written back. Complex params are stepped as their real view, as
+torch.optim does. None of this costs anything when every layout already agrees.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import os
 import warnings
@@ -34,12 +46,28 @@ from torch.optim import Optimizer
 
 from . import _functional as F
 from ._build import library_backends
+from ._common_doc import check_rule
 
 __all__ = ["FusedOptimizer", "GradNormLog", "DEFAULT_NORM_LOG_CAPACITY"]
 
 DEFAULT_NORM_LOG_CAPACITY = 1 << 16
 _BACKENDS = ("cpu", "cuda", "reference")
 _STATE_DICT_KEY = "tunebook_grad_norms"
+# The global (not per-group) options, restored by __setstate__ with these defaults.
+_GLOBAL_OPTIONS = {
+    "max_grad_norm": None,
+    "log_grad_norm": True,
+    "norm_log_capacity": DEFAULT_NORM_LOG_CAPACITY,
+    "skip_nonfinite": True,
+    "_requested_backend": None,
+    "_counters": None,
+    "_norm_log": None,
+}
+_SUPPORTED_DTYPES = (
+    torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.complex64,
+    torch.complex128,
+)
+_STATE_LISTS = 4  # state lists an update takes at most (Adam: m, v, max v, step)
 _warned_reference_on: set[str] = set()
 _is = operator.is_
 
@@ -52,7 +80,7 @@ class GradNormLog(NamedTuple):
             step order, the most recent ``capacity`` of them; skipped steps appear as
             inf/NaN. Empty when the log is off.
         clipped: steps whose clip coefficient was below 1.
-        skipped: steps skipped (non-finite norm, or GradScaler found inf).
+        skipped: steps skipped (non-finite or overflowing norm, or GradScaler found inf).
         steps: steps attempted (``step()`` calls that had at least one gradient).
         max_grad_norm: the clipping threshold, None when clipping is off.
     """
@@ -64,16 +92,43 @@ class GradNormLog(NamedTuple):
     max_grad_norm: float | None
 
 
+def check_max_grad_norm(max_grad_norm: Any) -> float | None:
+    """``max_grad_norm`` as a float (any real number type, numpy's included), or None."""
+    if max_grad_norm is None:
+        return None
+    if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, numbers.Real):
+        raise TypeError(f"{max_grad_norm=} must be a real number or None (off)")
+    value = float(max_grad_norm)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{max_grad_norm=} must be a finite number > 0 (or None: off)")
+    return value
+
+
 class FusedOptimizer(Optimizer):
     """Base class: a torch.optim.Optimizer whose step is a handful of fused ops.
 
-    Subclasses define ``_family_step(group, params, grads, control, ops)`` and
-    ``_init_state(group, param)`` and the torch defaults.
+    Subclasses define ``_collect_state(group, params)`` (initialise missing state, return the
+    state lists the update takes), ``_family_step(...)`` (call the family's update op) and
+    pass torch's defaults, plus ``rule`` for the families that have one.
+
+    Options live where torch keeps them: the per-group ones (torch's, and ``rule``) in
+    ``defaults`` and ``param_groups``, so ``state_dict`` carries them; the global ones
+    (``max_grad_norm``, ``log_grad_norm``, ``norm_log_capacity``, ``skip_nonfinite``,
+    ``backend``) and the norm log on the instance, carried by ``__getstate__`` (deepcopy,
+    pickle). Caches are rebuilt after ``__setstate__``.
     """
 
     # GradScaler then hands over `grad_scale`/`found_inf` instead of calling step() only
     # when no inf was found, exactly as with torch's fused optimizers: no host sync.
     _step_supports_amp_scaling = True
+    # State keys that hold 0-dim float32 device scalars (torch's fused layout).
+    _scalar_state_keys: tuple[str, ...] = ("step",)
+    # True where a state created this very step changes the update (SGD's first momentum
+    # step), so the collected lists are valid for one step only.
+    _fresh_state_changes_update = False
+    # torch.optim's error for a sparse gradient, or None where sparse gradients are stepped
+    # (SGD: densified for the step, as dense math on the same values).
+    _sparse_grad_error: str | None = "does not support sparse gradients"
 
     def __init__(
         self,
@@ -86,119 +141,324 @@ class FusedOptimizer(Optimizer):
         skip_nonfinite: bool,
         backend: str | None,
     ) -> None:
+        name = type(self).__name__
         if defaults.get("differentiable"):
             raise NotImplementedError(
-                f"{type(self).__name__}(differentiable=True) is not supported by tunebook; "
-                f"use torch.optim.{type(self).__name__} for differentiable optimizer steps"
+                f"{name}(differentiable=True) is not supported by tunebook; "
+                f"use torch.optim.{name} for differentiable optimizer steps"
             )
-        if max_grad_norm is not None:
-            if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)):
-                raise TypeError(f"{max_grad_norm=} must be a float or None")
-            if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
-                raise ValueError(f"{max_grad_norm=} must be a finite number > 0 (or None: off)")
-            max_grad_norm = float(max_grad_norm)
-        if isinstance(norm_log_capacity, bool) or not isinstance(norm_log_capacity, int):
+        if defaults.get("fused") and defaults.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        max_grad_norm = check_max_grad_norm(max_grad_norm)
+        if isinstance(norm_log_capacity, bool) or not isinstance(norm_log_capacity, numbers.Integral):
             raise TypeError(f"{norm_log_capacity=} must be an int")
         if norm_log_capacity < 1:
             raise ValueError(f"{norm_log_capacity=} must be >= 1")
         if backend is not None and backend not in _BACKENDS:
             raise ValueError(f"{backend=} must be one of {_BACKENDS} or None (automatic)")
-        self._device: torch.device | None = None
-        self._ops = None
-        self._invalidate_plans()
+        self._reset_caches()
+        self._control: Tensor | None = None
         super().__init__(params, defaults)
         self.max_grad_norm = max_grad_norm
         self.log_grad_norm = bool(log_grad_norm)
+        self.norm_log_capacity = int(norm_log_capacity)
         self.skip_nonfinite = bool(skip_nonfinite)
-        self.norm_log_capacity = norm_log_capacity
-        self._backend = self._resolve_backend(backend)
-        self._control: Tensor | None = None
+        self._requested_backend = backend
         self._counters: Tensor | None = None
         self._norm_log: Tensor | None = None
+        if backend is not None:
+            device = self._params_device()
+            if device is not None and device.type != "meta":
+                self._backend_for(device)  # a clear error now rather than at the first step
 
     # ----------------------------------------------------------------- configuration
     @property
     def backend(self) -> str:
-        """Which implementation runs the step: "cpu", "cuda" (compiled) or "reference"."""
-        return self._backend
+        """Which implementation runs the step for the params' current device: "cpu",
+        "cuda" (compiled kernels), "meta" (shape-only) or "reference" (pure torch)."""
+        return self._backend_for(self._params_device() or torch.device("cpu"))
 
-    def _resolve_backend(self, requested: str | None) -> str:
-        device = self._device or torch.device("cpu")
-        if requested is None and os.environ.get("TUNEBOOK_BACKEND") == "reference":
-            requested = "reference"
-        if requested == "reference":
-            return "reference"
-        available = library_backends()
-        if requested is not None and requested != device.type:
-            raise ValueError(
-                f"backend={requested!r} does not match the params' device {device}; "
-                f"use backend={device.type!r}, 'reference' or None"
-            )
-        if device.type in available:
-            return device.type
-        if requested is not None:
-            raise RuntimeError(
-                f"backend={requested!r} was requested but the compiled {requested} kernels are "
-                "not available (see the build warning); use backend='reference' or None"
-            )
-        if device.type != "cpu" and device.type not in _warned_reference_on:
-            # The CPU case already warned once when the build failed.
-            _warned_reference_on.add(device.type)
-            warnings.warn(
-                f"tunebook: no compiled kernels for {device.type} tensors; using the "
-                "pure-torch reference path (slower, one host sync per step)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return "reference"
+    @property
+    def rule(self) -> str:
+        """The update rule ("torch" or "playbook"): the default of new param groups.
+        Setting it sets it for every param group (it lives in ``param_groups``)."""
+        return self.defaults.get("rule", "torch")
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
+    @rule.setter
+    def rule(self, value: str) -> None:
+        if "rule" not in self.defaults:
+            raise AttributeError(f"{type(self).__name__} has a single rule (torch.optim's)")
+        value = check_rule(value)
+        self.defaults["rule"] = value
+        for group in self.param_groups:
+            group["rule"] = value
+        self._invalidate_plans()
+
+    def _params_device(self) -> torch.device | None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                return p.device
+        return None
+
+    def _backend_for(self, device: torch.device) -> str:
+        """The backend for params on ``device``, chosen on first use (params made on the
+        meta device and materialised later get the compiled kernels of their new device)."""
+        backend = self._backends.get(device)
+        if backend is None:
+            backend = self._backends[device] = _resolve_backend(self._requested_backend, device)
+        return backend
+
+    @torch._disable_dynamo
+    def add_param_group(self, param_group: dict[str, Any]) -> None:  # noqa: D102
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
         params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        for p in params:
-            if not isinstance(p, Tensor):
-                continue  # torch's own check raises the right error
-            if p.is_complex():
-                raise ValueError(
-                    f"{type(self).__name__}: complex params are not supported by tunebook "
-                    f"(got a {p.dtype} param); use torch.optim or view_as_real"
-                )
-            if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-                raise ValueError(
-                    f"{type(self).__name__}: params must be float32, bfloat16 or float16, "
-                    f"got {p.dtype}"
-                )
-            if self._device is None:
-                self._device = p.device
-            elif p.device != self._device:
-                raise ValueError(
-                    f"{type(self).__name__}: all params must be on one device, got "
-                    f"{self._device} and {p.device}; use one optimizer per device"
-                )
+        # torch's own normalisation, done first so that a generator is read only once.
+        if isinstance(params, Tensor):
+            param_group["params"] = [params]
+        elif not isinstance(params, set):  # torch raises its own TypeError for a set
+            param_group["params"] = list(params)
+            name = type(self).__name__
+            for item in param_group["params"]:
+                p = item[1] if isinstance(item, tuple) and len(item) == 2 else item
+                if isinstance(p, Tensor) and p.dtype not in _SUPPORTED_DTYPES:
+                    raise ValueError(
+                        f"{name}: params must be floating point or complex (float32, bfloat16, "
+                        f"float16, float64, complex64, complex128), got a {p.dtype} param"
+                    )
+        if "rule" in param_group and "rule" in self.defaults:
+            check_rule(param_group["rule"])
         super().add_param_group(param_group)
         self._invalidate_plans()
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __getstate__(self) -> dict[str, Any]:  # noqa: D105
+        state = super().__getstate__()
+        for key in _GLOBAL_OPTIONS:
+            state[key] = getattr(self, key)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
+        # Called by pickle/deepcopy with __getstate__'s dict, and by load_state_dict with
+        # only "state" and "param_groups".
         super().__setstate__(state)
-        self._ops = None
-        self._invalidate_plans()
+        for key, default in _GLOBAL_OPTIONS.items():
+            self.__dict__.setdefault(key, default)
+        self.__dict__.setdefault("_control", None)
+        self._reset_caches()
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
-    # ----------------------------------------------------------------- the step
-    def _ensure_buffers(self, device: torch.device) -> None:
-        if self._control is not None and self._control.device == device:
-            return
-        capacity = self.norm_log_capacity if self.log_grad_norm else 0
-        self._control = torch.tensor([1.0, 0.0], dtype=torch.float32, device=device)
-        self._counters = torch.zeros(3, dtype=torch.int64, device=device)
-        self._norm_log = torch.full((capacity,), float("nan"), dtype=torch.float32, device=device)
+    def _reset_caches(self) -> None:
+        self._backends: dict[torch.device, str] = {}
+        self._invalidate_plans()
 
     def _invalidate_plans(self) -> None:
         """Forgets every cached step plan (the next step rebuilds them from the state)."""
-        self._plans = []
+        self._plans: list[_StepPlan | None] = []
         self._state_snapshot = None
+
+    # ----------------------------------------------------------------- the step
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch's docstring applies
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if torch.compiler.is_compiling():
+            work = self._traced_work()
+        else:
+            work = self._cached_work()
+        if work is None:
+            return loss
+        device, backend, calls = work
+        ops = F.ops_for(backend)
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if grad_scale is not None:
+            grad_scale = grad_scale.to(device=device, dtype=torch.float32, non_blocking=True)
+        if found_inf is not None:
+            found_inf = found_inf.to(device=device, dtype=torch.float32, non_blocking=True)
+        sq_norm = self._global_sq_norm(ops, calls)
+        ops.step_control_(
+            sq_norm, grad_scale, found_inf, self._control, self._counters, self._norm_log,
+            self.max_grad_norm, self.skip_nonfinite,
+        )
+        self._update_groups(ops, device, calls, grad_scale)
+        return loss
+
+    def _global_sq_norm(self, ops: Any, calls: list) -> Tensor | None:
+        """The sum of squares of every gradient the step uses, over all groups (None when
+        nothing needs it): the one global reduction of the step."""
+        if self.max_grad_norm is None and not self.log_grad_norm and not self.skip_nonfinite:
+            return None
+        grads = [g for _, group_calls in calls for call in group_calls for g in call.grads]
+        return ops.grad_sq_norm(grads)
+
+    def _update_groups(self, ops: Any, device: torch.device, calls: list,
+                       grad_scale: Tensor | None) -> None:
+        """The per-group updates: one fused call per group and dtype, then the write-back
+        of working copies (strided params, re-laid-out grads)."""
+        control = self._control
+        for group, group_calls in calls:
+            lr = group["lr"]
+            if isinstance(lr, Tensor):
+                # A CPU lr tensor is read on the host by the ops (no copy per step); one on
+                # another accelerator is moved. A captured CUDA step needs it on the device.
+                lr_tensor = lr if lr.device == device or lr.device.type == "cpu" else lr.to(device)
+                lr_value = 0.0
+            else:
+                lr_tensor, lr_value = None, float(lr)
+            for call in group_calls:
+                self._family_step(
+                    group, call.params, call.grads, call.lists, call.fresh, control, lr_tensor,
+                    lr_value, grad_scale, ops,
+                )
+                for dst, src in call.param_copies:
+                    dst.copy_(src)
+                if grad_scale is not None:
+                    for dst, src in call.grad_copies:
+                        dst.copy_(src)
+
+    def _cached_work(self):
+        """(device, backend, [(group, [_Call])]) for this step, from the cached plans; None
+        when no param has a grad."""
+        plans = self._plans
+        groups = self.param_groups
+        if len(plans) != len(groups):
+            plans = self._plans = [None] * len(groups)
+        state_unchanged = self._state_unchanged()
+        sparse_error = self._sparse_grad_error
+        rebuilt = False
+        calls = []
+        device = backend = None
+        for index, group in enumerate(groups):
+            params = group["params"]
+            grads = [p.grad for p in params]
+            with_grad = [g for g in grads if g is not None]
+            if not with_grad:
+                continue
+            plan = plans[index]
+            if plan is None or not (
+                state_unchanged and plan.matches(group, params, grads, with_grad, self)
+            ):
+                plan = self._build_plan(group, params, grads)
+                plans[index] = plan if plan.cacheable else None
+                rebuilt = True
+            try:
+                group_calls = [_call_tensors(c, with_grad, sparse_error) for c in plan.chunks]
+            except _StalePlan:  # a param's layout changed under the plan (p.data = ...)
+                plan = self._build_plan(group, params, grads)
+                plans[index] = plan if plan.cacheable else None
+                rebuilt = True
+                group_calls = [_call_tensors(c, with_grad, sparse_error) for c in plan.chunks]
+            if device is None:
+                device, backend = plan.device, plan.backend
+            elif plan.device != device:
+                raise ValueError(_devices_error(type(self).__name__, device, plan.device))
+            calls.append((group, group_calls))
+        if rebuilt:
+            state = self.state
+            self._state_snapshot = (state, list(state.keys()), list(state.values()))
+        if device is None:
+            return None
+        self._ensure_buffers(device)
+        return device, backend, calls
+
+    def _traced_work(self):
+        """The same as :meth:`_cached_work` under torch.compile: no caches; ``_init_group``
+        runs in Python (torch.compile calls it eagerly) and what follows is traced."""
+        calls = []
+        device = backend = None
+        sparse_error = self._sparse_grad_error
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            states: list[list[Tensor]] = [[] for _ in range(_STATE_LISTS)]
+            layout = self._init_group(group, params, grads, *states)
+            if layout is None:
+                continue
+            group_backend, keys, chunk_layouts = layout
+            if device is None:
+                device, backend = params[0].device, group_backend
+            chunks = [
+                _Chunk.from_layout(params, keys, states, chunk_layout)
+                for chunk_layout in chunk_layouts
+            ]
+            calls.append((group, [_call_tensors(c, grads, sparse_error) for c in chunks]))
+        if device is None:
+            return None
+        return device, backend, calls
+
+    def _init_group(self, group, params, grads, state0, state1, state2, state3):
+        """Collects ``group``'s params with a grad, their grads and state lists (creating
+        missing state) into the given lists; returns the group's layout, a constant:
+        ``(backend, state keys, chunk layouts)``, or None when no param has a grad.
+
+        torch.compile runs this method in Python, as it does torch.optim's ``_init_group``,
+        so that state, buffers and backend are set up eagerly; see :class:`_Chunk` for what
+        a chunk layout holds.
+        """
+        for p in group["params"]:
+            if p.grad is not None:
+                if p.grad.layout != torch.strided and self._sparse_grad_error is not None:
+                    raise RuntimeError(self._sparse_grad_error)
+                params.append(p)
+                grads.append(p.grad)
+        if not params:
+            return None
+        device = self._check_group_device(group, params)
+        backend = self._backend_for(device)
+        self._ensure_buffers(device)
+        layouts = []
+        all_keys = None
+        for index, chunk_params in _split_by_math_dtype(params):
+            keys, lists, fresh = self._collect_state(group, chunk_params)
+            if all_keys is None:
+                all_keys = keys
+            _relayout_states(self.state, chunk_params, keys, lists)
+            special = tuple(
+                i for i, p in enumerate(chunk_params) if p.is_complex() or not _is_dense(p)
+            )
+            layouts.append((index, fresh, special))
+            for target, values in zip((state0, state1, state2, state3), lists):
+                target.extend(values)
+        # One list per state key across chunks, chunk after chunk (as `index` orders them).
+        return backend, all_keys, tuple(layouts)
+
+    def _check_group_device(self, group: dict[str, Any], params: list[Tensor]) -> torch.device:
+        device = params[0].device
+        name = type(self).__name__
+        for p in params:
+            if p.device != device:
+                raise ValueError(_devices_error(name, device, p.device))
+        if group.get("fused") and device.type not in ("cpu", "cuda"):
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of "
+                f"supported devices: ['cpu', 'cuda'] but {device.type} was found "
+                f"({name} params on {device}; materialise them, e.g. with "
+                "module.to_empty(device=...), before stepping)"
+            )
+        return device
+
+    def _build_plan(self, group: dict[str, Any], params: list[Tensor], grads: list) -> _StepPlan:
+        with_params: list[Tensor] = []
+        with_grads: list[Tensor] = []
+        states: list[list[Tensor]] = [[] for _ in range(_STATE_LISTS)]
+        backend, keys, chunk_layouts = self._init_group(
+            group, with_params, with_grads, *states
+        )
+        chunks = [
+            _Chunk.from_layout(with_params, keys, states, layout, self.state)
+            for layout in chunk_layouts
+        ]
+        cacheable = not (
+            self._fresh_state_changes_update and any(chunk.fresh for chunk in chunks)
+        )
+        return _StepPlan(
+            group, params, grads, with_params, self._plan_key(group), chunks, cacheable,
+            with_params[0].device, backend,
+        )
 
     def _state_unchanged(self) -> bool:
         """Whether ``self.state`` still maps the same params to the same per-param dicts."""
@@ -214,122 +474,50 @@ class FusedOptimizer(Optimizer):
             and all(map(_is, current.values(), values))
         )
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - torch's docstring applies
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        ops = self._ops
-        if ops is None:
-            ops = self._ops = F.ops_for(self._backend)
-        plans = self._plans
-        groups = self.param_groups
-        if len(plans) != len(groups):
-            plans = self._plans = [None] * len(groups)
-        state_unchanged = self._state_unchanged()
-        rebuilt = False
-        work = []
-        all_grads: list[Tensor] = []
-        for index, group in enumerate(groups):
-            params = group["params"]
-            grads = [p.grad for p in params]
-            with_grad = [g for g in grads if g is not None]
-            if not with_grad:
-                continue
-            plan = plans[index]
-            if plan is None or not (
-                state_unchanged and plan.matches(group, params, grads, with_grad, self)
-            ):
-                plan = self._build_plan(group, params, grads)
-                plans[index] = plan if plan.cacheable else None
-                rebuilt = True
-            with_grad = plan.checked_grads(with_grad, type(self).__name__)
-            work.append((group, plan, with_grad))
-            all_grads.extend(with_grad)
-        if rebuilt:
-            state = self.state
-            self._state_snapshot = (state, list(state.keys()), list(state.values()))
-        if not all_grads:
-            return loss
-        device = all_grads[0].device
-        self._ensure_buffers(device)
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        if grad_scale is not None:
-            grad_scale = grad_scale.to(device=device, dtype=torch.float32, non_blocking=True)
-        if found_inf is not None:
-            found_inf = found_inf.to(device=device, dtype=torch.float32, non_blocking=True)
-        needs_norm = self.max_grad_norm is not None or self.log_grad_norm or self.skip_nonfinite
-        sq_norm = ops.grad_sq_norm(all_grads) if needs_norm else None
-        ops.step_control_(
-            sq_norm, grad_scale, found_inf, self._control, self._counters, self._norm_log,
-            self.max_grad_norm, self.skip_nonfinite,
-        )
-        for group, plan, grads in work:
-            lr = group["lr"]
-            if isinstance(lr, Tensor):
-                lr_tensor = lr if lr.device == device else lr.to(device, non_blocking=True)
-                lr_value = 0.0
-            else:
-                lr_tensor, lr_value = None, float(lr)
-            # One call per dtype: the ops take one params dtype per call.
-            for chunk in plan.chunks:
-                chunk_grads = grads if chunk.index is None else [grads[i] for i in chunk.index]
-                self._family_step(
-                    group, chunk.params, chunk_grads, chunk.lists, self._control, lr_tensor,
-                    lr_value, ops,
-                )
-        return loss
-
-    def _build_plan(self, group: dict[str, Any], params: list[Tensor], grads: list) -> _StepPlan:
-        """Checks the grads, initialises missing state and collects the op's lists."""
-        with_params, with_grads = [], []
-        for p, g in zip(params, grads):
-            if g is None:
-                continue
-            with_params.append(p)
-            with_grads.append(g)
-        strides = [p.stride() for p in with_params]
-        checked = _check_grads(with_params, with_grads, strides, type(self).__name__)
-        chunks = []
-        cacheable = checked is with_grads
-        dtype = with_params[0].dtype
-        if all(p.dtype == dtype for p in with_params):
-            splits = [(None, with_params)]
-        else:
-            splits = []
-            for dt in dict.fromkeys(p.dtype for p in with_params):
-                idx = [i for i, p in enumerate(with_params) if p.dtype == dt]
-                splits.append((idx, [with_params[i] for i in idx]))
-        for idx, chunk_params in splits:
-            keys, lists, chunk_cacheable = self._collect_state(group, chunk_params)
-            cacheable = cacheable and chunk_cacheable
-            dicts = [self.state[p] for p in chunk_params]
-            chunks.append(_Chunk(chunk_params, idx, keys, lists, dicts))
-        return _StepPlan(
-            group, params, grads, with_params, with_grads, strides, self._plan_key(group), chunks,
-            cacheable, checked,
-        )
-
     def _plan_key(self, group: dict[str, Any]) -> Any:
         """The group options that change which state lists the op takes."""
         return None
 
     def _collect_state(
         self, group: dict[str, Any], params: list[Tensor]
-    ) -> tuple[tuple[str | None, ...], list[list[Tensor]], bool]:
-        """Initialises missing state of ``params`` and returns the op's state lists.
+    ) -> tuple[tuple[str | None, ...], list[list[Tensor]], tuple[int, ...]]:
+        """Initialises missing state of ``params`` (one math dtype) and returns the op's
+        state lists.
 
         Returns:
-            ``(keys, lists, cacheable)``: ``lists[k]`` holds ``state[p][keys[k]]`` for each
-            param (an empty list where the option is off, with key None); ``cacheable`` is
-            False when the lists are valid for this step only.
+            ``(keys, lists, fresh)``: ``lists[k]`` holds ``state[p][keys[k]]`` for each
+            param (an empty list where the option is off, with key None); ``fresh``: the
+            positions whose state was created now. Never touches ``self.state[p]`` when the
+            family keeps no state (torch leaves no empty entries).
         """
         raise NotImplementedError
 
-    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
+    def _family_step(self, group, params, grads, lists, fresh, control, lr_tensor, lr,
+                     grad_scale, ops) -> None:
         raise NotImplementedError
+
+    def _ensure_buffers(self, device: torch.device) -> None:
+        """The step-control scratch tensor, the counters and the norm log on ``device``.
+
+        Made without a host-to-device copy (a copy from pageable memory synchronises and
+        cannot be captured in a CUDA graph): zeros and fills only. ``control`` needs no
+        initial value: step_control_ writes it before any update reads it.
+        """
+        if self._control is None or self._control.device != device:
+            self._control = torch.zeros(2, dtype=torch.float32, device=device)
+        if self._counters is None:
+            capacity = self.norm_log_capacity if self.log_grad_norm else 0
+            self._counters = torch.zeros(3, dtype=torch.int64, device=device)
+            self._norm_log = torch.full(
+                (capacity,), float("nan"), dtype=torch.float32, device=device
+            )
+        elif self._counters.device != device:
+            if self._counters.is_meta:  # params made on meta, now materialised: start here
+                self._counters = None
+                self._ensure_buffers(device)
+            else:  # the params moved (e.g. a checkpoint loaded before model.to(device))
+                self._counters = self._counters.to(device)
+                self._norm_log = self._norm_log.to(device)
 
     def _state_float32(self, state: dict[str, Any], key: str, param: Tensor, init: float) -> Tensor:
         """A 0-dim float32 scalar state (step, mu_product) on the param's device."""
@@ -399,11 +587,9 @@ class FusedOptimizer(Optimizer):
         if saved_log is not None:
             self._restore_log(saved_log)
 
-    _scalar_state_keys: tuple[str, ...] = ("step",)
-
     def _restore_log(self, saved: dict[str, Any]) -> None:
-        device = self._device or torch.device("cpu")
-        self._control = None
+        device = self._params_device() or torch.device("cpu")
+        self._counters = None
         self._ensure_buffers(device)
         steps = int(saved["steps"])
         self._counters.copy_(
@@ -416,38 +602,235 @@ class FusedOptimizer(Optimizer):
             self._norm_log.index_copy_(0, positions.to(device), norms.to(device))
 
 
-def _check_grads(
-    params: list[Tensor], grads: list[Tensor], strides: list[tuple[int, ...]], name: str
-) -> list[Tensor]:
-    """``grads`` itself when every grad is dense with its param's strides, else a new list
-    where each other grad is copied into the param's layout (the ops read flat storage)."""
-    try:
-        if [g.stride() for g in grads] == strides:
-            return grads
-    except RuntimeError:
-        # Sparse and other non-strided layouts have no strides.
-        for g in grads:
-            if g.is_sparse:
-                raise RuntimeError(f"{name} does not support sparse gradients") from None
-        raise
-    return [
-        g if g.stride() == s else torch.empty_like(p).copy_(g)
-        for p, g, s in zip(params, grads, strides)
-    ]
+def _resolve_backend(requested: str | None, device: torch.device) -> str:
+    if requested is None and os.environ.get("TUNEBOOK_BACKEND") == "reference":
+        requested = "reference"
+    if requested == "reference":
+        return "reference"
+    available = library_backends()
+    if device.type == "meta":
+        # Shape-only params: the compiled ops' fake kernels do nothing, as torch.optim's
+        # ops on meta tensors do. They get their device's kernels once materialised.
+        return "meta" if available else "reference"
+    if requested is not None and requested != device.type:
+        raise ValueError(
+            f"backend={requested!r} does not match the params' device {device}; "
+            f"use backend={device.type!r}, 'reference' or None"
+        )
+    if device.type in available:
+        return device.type
+    if requested is not None:
+        raise RuntimeError(
+            f"backend={requested!r} was requested but the compiled {requested} kernels are "
+            "not available (see the build warning); use backend='reference' or None"
+        )
+    if device.type != "cpu" and device.type not in _warned_reference_on:
+        # The CPU case already warned once when the build failed.
+        _warned_reference_on.add(device.type)
+        warnings.warn(
+            f"tunebook: no compiled kernels for {device.type} tensors; using the "
+            "pure-torch reference path (slower, one host sync per step)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return "reference"
 
 
-class _Chunk(NamedTuple):
-    """One fused update call: the params of one dtype of one group and their state lists."""
+def _devices_error(name: str, first: torch.device, other: torch.device) -> str:
+    return (
+        f"{name}: all params with a gradient must be on one device, got {first} and {other}; "
+        "use one optimizer per device"
+    )
+
+
+def _math_dtype(p: Tensor) -> torch.dtype:
+    """The dtype a param is stepped in: its own, or its real view's for complex params."""
+    return p.dtype.to_real() if p.is_complex() else p.dtype
+
+
+def _split_by_math_dtype(params: list[Tensor]) -> list[tuple[tuple[int, ...] | None, list[Tensor]]]:
+    """``[(positions or None for all, params)]``, one entry per math dtype (the ops take one
+    params dtype per call)."""
+    first = _math_dtype(params[0])
+    if all(_math_dtype(p) == first for p in params):
+        return [(None, params)]
+    splits = []
+    for dtype in dict.fromkeys(_math_dtype(p) for p in params):
+        index = tuple(i for i, p in enumerate(params) if _math_dtype(p) == dtype)
+        splits.append((index, [params[i] for i in index]))
+    return splits
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Whether ``t`` is non-overlapping and dense (contiguous in some dimension order)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for size, stride in sorted(
+        ((s, st) for s, st in zip(t.shape, t.stride()) if s != 1), key=operator.itemgetter(1)
+    ):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides = []
+    expected = 1
+    for size in reversed(shape):
+        strides.append(expected)
+        expected *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _target_strides(p: Tensor) -> tuple[int, ...]:
+    """The layout a param is stepped in: its own if dense, else contiguous (working copy)."""
+    return p.stride() if _is_dense(p) else _contiguous_strides(p.shape)
+
+
+def _relayout_states(state: Any, params: list[Tensor], keys, lists) -> None:
+    """Re-lays out, once and in place in ``state``, every per-element state tensor whose
+    strides differ from its param's stepping layout (e.g. a contiguous checkpoint loaded into
+    a channels_last model)."""
+    for k, key in enumerate(keys):
+        if key is None:
+            continue
+        values = lists[k]
+        for i, (p, t) in enumerate(zip(params, values)):
+            if t.dim() == 0 or t.shape != p.shape:
+                continue  # scalar state (step, mu_product)
+            strides = _target_strides(p)
+            if t.stride() != strides:
+                fixed = torch.empty_strided(p.shape, strides, dtype=t.dtype, device=t.device)
+                fixed.copy_(t)
+                state[p][key] = values[i] = fixed
+
+
+class _StalePlan(Exception):
+    """A cached plan no longer matches its params' layouts: rebuild it."""
+
+
+class _Call(NamedTuple):
+    """The tensors of one update op call, ready for the op, and what to write back after."""
 
     params: list[Tensor]
-    index: list[int] | None  # positions in the group's grads, None: all of them
-    keys: tuple[str | None, ...]  # the state key of each list (None: not a state list)
-    lists: list[list[Any]]
-    dicts: list[dict[str, Any]]  # the per-param state dicts the lists were read from
+    grads: list[Tensor]
+    lists: list[list[Tensor]]
+    fresh: tuple[int, ...]
+    param_copies: list[tuple[Tensor, Tensor]]  # (param, its working copy)
+    grad_copies: list[tuple[Tensor, Tensor]]  # (grad, its re-laid-out copy)
+
+
+class _Chunk:
+    """One update op call's static part: the params of one math dtype of one group and
+    their state lists.
+
+    A chunk layout (what ``_init_group`` returns per chunk, a constant) is
+    ``(index, fresh, special)``: the positions of these params among the group's params with
+    a grad (None: all of them), the positions whose state was created this step, and the
+    positions that need per-step work before the op sees them (complex params: their real
+    view; params that are not dense: a contiguous working copy).
+    """
+
+    __slots__ = (
+        "params", "index", "keys", "lists", "dicts", "fresh", "special", "strides",
+        "check_layouts",
+    )
+
+    def __init__(self, params, index, keys, lists, dicts, fresh, special):
+        self.params = params
+        self.index = index
+        self.keys = keys
+        self.lists = lists
+        self.dicts = dicts  # the per-param state dicts the lists were read from (cache check)
+        self.fresh = fresh
+        self.special = special
+        # The strides each grad must have to be stepped in place (else it is copied).
+        self.strides = [_target_strides(p) for p in params]
+        # A sparse grad's strides never match a dense param's but for 0-dim ones (): only
+        # then does the per-step check also look at the grads' layouts.
+        self.check_layouts = any(p.dim() == 0 for p in params)
+
+    @classmethod
+    def from_layout(cls, params, keys, states, layout, state=None) -> _Chunk:
+        index, fresh, special = layout
+        if index is None:
+            chunk_params = params
+            lists = [states[k] if key else [] for k, key in enumerate(keys)]
+        else:
+            chunk_params = [params[i] for i in index]
+            # The state lists hold the chunks one after the other in `index` order.
+            offset = _chunk_offset(params, index)
+            lists = [
+                states[k][offset:offset + len(index)] if key else [] for k, key in enumerate(keys)
+            ]
+        dicts = (
+            [state[p] for p in chunk_params]
+            if state is not None and any(key is not None for key in keys) else []
+        )
+        return cls(chunk_params, index, keys, lists, dicts, fresh, special)
+
+
+def _chunk_offset(params: list[Tensor], index: tuple[int, ...]) -> int:
+    """Where a chunk's entries start in the concatenated state lists: the number of params
+    of the chunks before it (chunks follow the first appearance of their math dtype)."""
+    dtype = _math_dtype(params[index[0]])
+    order = list(dict.fromkeys(_math_dtype(p) for p in params))
+    before = set(order[:order.index(dtype)])
+    return sum(1 for p in params if _math_dtype(p) in before)
+
+
+def _call_tensors(chunk: _Chunk, group_grads: list[Tensor], sparse_error: str | None) -> _Call:
+    """The op's tensors for this step: grads in their params' layouts (copies where not),
+    complex params as real views, non-dense params as contiguous working copies."""
+    grads = group_grads if chunk.index is None else [group_grads[i] for i in chunk.index]
+    grad_copies: list[tuple[Tensor, Tensor]] = []
+    if chunk.check_layouts or [g.stride() for g in grads] != chunk.strides:
+        if [_target_strides(p) for p in chunk.params] != chunk.strides:
+            # Grads follow their params' layout: a mismatch is how a param whose layout
+            # changed since the plan was made (module.to(memory_format=...)) shows up.
+            raise _StalePlan
+        grads = list(grads)
+        for i, (g, strides) in enumerate(zip(grads, chunk.strides)):
+            if g.layout != torch.strided:
+                if sparse_error is not None:
+                    raise RuntimeError(sparse_error)
+                # SGD: the dense math on the same values (torch's sparse add sums duplicates
+                # as to_dense does). A sparse grad is not written back unscaled.
+                dense = g.to_dense()
+                grads[i] = dense if dense.stride() == strides else _copy_to(dense, strides)
+            elif g.stride() != strides:
+                grads[i] = _copy_to(g, strides)
+                grad_copies.append((g, grads[i]))
+    if not chunk.special:
+        return _Call(chunk.params, grads, chunk.lists, chunk.fresh, [], grad_copies)
+    params = list(chunk.params)
+    grads = list(grads)
+    lists = [list(values) for values in chunk.lists]
+    param_copies = []
+    for i in chunk.special:
+        p = params[i]
+        if not _is_dense(p):
+            work = p.contiguous()
+            param_copies.append((p, work))
+            p = work
+        if p.is_complex():
+            p = torch.view_as_real(p)
+            grads[i] = torch.view_as_real(grads[i])
+            for values in lists:
+                if values and values[i].is_complex():
+                    values[i] = torch.view_as_real(values[i])
+        params[i] = p
+    return _Call(params, grads, lists, chunk.fresh, param_copies, grad_copies)
+
+
+def _copy_to(t: Tensor, strides: tuple[int, ...]) -> Tensor:
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
 
 
 class _StepPlan:
-    """What one param group's step passes to the ops, cached between steps.
+    """What one param group's step passes to the ops, cached between eager steps.
 
     Rebuilding the lists costs a few microseconds of Python per param (state lookups,
     layout checks, the dtype split), as much as the fused update itself for small tensors,
@@ -456,28 +839,27 @@ class _StepPlan:
     op's lists (``_plan_key``), the state mapping (checked by the optimizer) and every state
     tensor the lists hold (``state[p][key] is lists[k][i]``). Checking all of that costs a
     few C-level identity comparisons per param. New grad tensors (``zero_grad()`` sets them
-    to None by default) only have their layout re-checked.
+    to None by default) only have their layout checked.
     """
 
     __slots__ = (
-        "group", "params_list", "params", "with_params", "full", "mask", "grads", "strides",
-        "key", "chunks", "cacheable",
+        "group", "params_list", "params", "with_params", "full", "mask", "key", "chunks",
+        "cacheable", "device", "backend",
     )
 
-    def __init__(self, group, params_list, grads_all, with_params, with_grads, strides, key,
-                 chunks, cacheable, checked):
+    def __init__(self, group, params_list, grads_all, with_params, key, chunks, cacheable,
+                 device, backend):
         self.group = group
         self.params_list = params_list
         self.params = list(params_list)
         self.with_params = with_params
-        self.full = len(with_grads) == len(params_list)
+        self.full = len(with_params) == len(params_list)
         self.mask = None if self.full else [g is not None for g in grads_all]
-        # The last grads whose layout was checked and that needed no copy.
-        self.grads = with_grads if checked is with_grads else []
-        self.strides = strides
         self.key = key
         self.chunks = chunks
         self.cacheable = cacheable
+        self.device = device
+        self.backend = backend
 
     def matches(self, group, params, grads, with_grad, optimizer) -> bool:
         """Whether this plan still describes ``group`` (see the class docstring)."""
@@ -503,12 +885,3 @@ class _StepPlan:
         except KeyError:
             return False
         return True
-
-    def checked_grads(self, grads: list[Tensor], name: str) -> list[Tensor]:
-        """``grads`` in the params' layouts; only grads not seen last step are checked."""
-        if len(grads) == len(self.grads) and all(map(_is, grads, self.grads)):
-            return grads
-        checked = _check_grads(self.with_params, grads, self.strides, name)
-        if checked is grads:
-            self.grads = grads
-        return checked

@@ -1,9 +1,10 @@
 """The functional core: the step of each optimizer family over lists of tensors.
 
 Each function has two interchangeable implementations with the same signature: the fused
-op ``torch.ops.tunebook.<name>`` (compiled, CPU or CUDA, routed by the dispatcher) and the
-pure-torch single-tensor reference (:mod:`tunebook.optim._reference`). ``ops_for(backend)``
-picks one; the optimizer classes only validate, keep state and call these.
+op ``torch.ops.tunebook.<name>`` (compiled, CPU or CUDA, routed by the dispatcher; see
+:mod:`tunebook.optim._kernels`) and the pure-torch single-tensor reference
+(:mod:`tunebook.optim._reference`). ``ops_for(backend)`` picks one; the optimizer classes
+only validate, keep state and call these.
 
 The chain each family implements, as optax would name it, is
 ``clip_by_global_norm(max_grad_norm) -> skip_if_nonfinite -> <family's scaling> ->
@@ -13,21 +14,15 @@ which the update ops read from the small ``control`` tensor.
 
 from __future__ import annotations
 
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
-import torch
-
-from . import _reference
+from . import _kernels, _reference
 
 RULES = {"torch": _reference.RULE_TORCH, "playbook": _reference.RULE_PLAYBOOK}
-_OP_NAMES = (
-    "grad_sq_norm", "step_control_", "sgd_step_", "adam_step_", "rmsprop_step_", "nadam_step_",
-)
 
 
-def ops_for(backend: str) -> ModuleType | SimpleNamespace:
-    """The op implementations for a backend: compiled ("cpu", "cuda") or "reference"."""
-    if backend == "reference":
-        return _reference
-    namespace = torch.ops.tunebook
-    return SimpleNamespace(**{name: getattr(namespace, name).default for name in _OP_NAMES})
+def ops_for(backend: str) -> ModuleType:
+    """The op implementations for a backend: compiled ("cpu", "cuda", and "meta", whose
+    fake kernels only check shapes) or "reference". Both are modules of plain functions, so
+    torch.compile traces a step through either."""
+    return _reference if backend == "reference" else _kernels

@@ -9,11 +9,12 @@ from torch import Tensor
 
 from . import _functional as F
 from ._base import DEFAULT_NORM_LOG_CAPACITY, FusedOptimizer
-from ._common_doc import EXTRAS_DOC, check_betas, check_common, check_rule
+from ._common_doc import check_betas, check_common, check_rule, with_extras_doc
 
 __all__ = ["NAdam"]
 
 
+@with_extras_doc
 class NAdam(FusedOptimizer):
     r"""NAdam, a drop-in ``torch.optim.NAdam`` whose step is one fused kernel.
 
@@ -35,7 +36,7 @@ class NAdam(FusedOptimizer):
 
     Args: as ``torch.optim.NAdam``; ``rule``: "torch" or "playbook" (``momentum_decay`` then
     only drives the ``mu_product`` state kept for torch compatibility).
-    """ + EXTRAS_DOC
+    """
 
     _scalar_state_keys = ("step", "mu_product")
 
@@ -63,21 +64,23 @@ class NAdam(FusedOptimizer):
         check_common(lr, eps, weight_decay)
         check_betas(betas)
         if not 0.0 <= momentum_decay:
-            raise ValueError(f"Invalid momentum_decay value: {momentum_decay=} must be >= 0")
-        self.rule = check_rule(rule)
+            raise ValueError(f"Invalid momentum_decay value: {momentum_decay} (must be >= 0)")
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize, foreach=foreach, capturable=capturable,
-            differentiable=differentiable,
+            differentiable=differentiable, rule=check_rule(rule),
         )
         super().__init__(
             params, defaults, max_grad_norm=max_grad_norm, log_grad_norm=log_grad_norm,
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
         )
 
+    _sparse_grad_error = "NAdam does not support sparse gradients"
+
     def _collect_state(self, group, params):
         states = [self.state[p] for p in params]
+        fresh = tuple(i for i, state in enumerate(states) if len(state) == 0)
         for p, state in zip(params, states):
             if len(state) == 0:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
@@ -85,14 +88,15 @@ class NAdam(FusedOptimizer):
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         keys = ("exp_avg", "exp_avg_sq", "mu_product", "step")
-        return keys, [[state[key] for state in states] for key in keys], True
+        return keys, [[state[key] for state in states] for key in keys], fresh
 
-    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
+    def _family_step(self, group, params, grads, lists, fresh, control, lr_tensor, lr,
+                     grad_scale, ops) -> None:
         exp_avgs, exp_avg_sqs, mu_products, steps = lists
         beta1, beta2 = group["betas"]
         ops.nadam_step_(
             params, grads, exp_avgs, exp_avg_sqs, mu_products, steps, control, lr_tensor, lr,
             float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
             float(group["momentum_decay"]), bool(group["decoupled_weight_decay"]),
-            bool(group["maximize"]), F.RULES[self.rule],
+            bool(group["maximize"]), F.RULES[group["rule"]], grad_scale,
         )

@@ -2,9 +2,10 @@
 
 Each function has the signature and the contract of the op of the same name (see the
 comment block of ``csrc/ops.cpp``), written with plain torch ops one tensor at a time in
-float32 ("opmath": low-precision tensors are widened, updated and rounded back once), in
-the same order as torch.optim's ``foreach=False`` implementations. It is the fallback when
-no compiler is available and, for good, the oracle the compiled kernels are tested against.
+the params' "opmath" (float32, or float64 for float64 params: low-precision tensors are
+widened, updated and rounded back once), in the same order as torch.optim's
+``foreach=False`` implementations. It is the fallback when no compiler is available and,
+for good, the oracle the compiled kernels are tested against.
 
 It favours clarity over speed: the skip flag is read with one host sync per call.
 """
@@ -30,8 +31,8 @@ def _skip(control: Tensor) -> bool:
 
 
 def _widen(t: Tensor) -> Tensor:
-    """A float32 working copy (the tensor itself when it is float32 already)."""
-    return t if t.dtype == torch.float32 else t.float()
+    """A working copy in the opmath type (the tensor itself when it is of that type)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _write_back(dst: Tensor, src: Tensor) -> None:
@@ -40,12 +41,21 @@ def _write_back(dst: Tensor, src: Tensor) -> None:
 
 
 def _grad(grad: Tensor, control: Tensor, maximize: bool) -> Tensor:
-    g = grad.float() * control[0]
+    g = _widen(grad) * control[0]
     return -g if maximize else g
 
 
+def _store_unscaled_grads(grads: list[Tensor], grad_scale: Tensor | None) -> None:
+    """torch's fused optimizers' conditional gradient store: grad = raw grad / scale."""
+    if grad_scale is None:
+        return
+    for grad in grads:
+        grad.copy_(_widen(grad) / grad_scale.to(_widen(grad).dtype))
+
+
 def grad_sq_norm(grads: list[Tensor]) -> Tensor:
-    """Sum of squares of all grads, accumulated in float64, as a 0-dim float32 tensor."""
+    """Sum of squares of all grads, accumulated in float64, as a 0-dim float32 tensor (inf
+    when the sum exceeds the float32 maximum)."""
     total = torch.zeros((), dtype=torch.float64, device=grads[0].device)
     for g in grads:
         total = total + g.double().square().sum()
@@ -91,9 +101,9 @@ def step_control_(
 
 def sgd_step_(
     params, grads, momentum_buffers, control, lr_tensor, lr, momentum, dampening,
-    weight_decay, nesterov, maximize, is_first_step,
+    weight_decay, nesterov, maximize, is_first_step, grad_scale=None,
 ) -> None:
-    """torch.optim.SGD's single-tensor update in float32."""
+    """torch.optim.SGD's single-tensor update in opmath."""
     if not params or _skip(control):
         return
     lr = _lr(lr_tensor, lr)
@@ -112,13 +122,15 @@ def sgd_step_(
             _write_back(momentum_buffers[i], buf)
         p.add_(g, alpha=-lr)
         _write_back(param, p)
+    _store_unscaled_grads(grads, grad_scale)
 
 
 def adam_step_(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, control, lr_tensor, lr,
     beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, rule,
+    grad_scale=None,
 ) -> None:
-    """torch.optim.Adam/AdamW's single-tensor update (or the playbook's) in float32."""
+    """torch.optim.Adam/AdamW's single-tensor update (or the playbook's) in opmath."""
     if not params or _skip(control):
         return
     lr = _lr(lr_tensor, lr)
@@ -153,13 +165,14 @@ def adam_step_(
         _write_back(param, p)
         _write_back(exp_avgs[i], m)
         _write_back(exp_avg_sqs[i], v)
+    _store_unscaled_grads(grads, grad_scale)
 
 
 def rmsprop_step_(
     params, grads, square_avgs, grad_avgs, momentum_buffers, steps, control, lr_tensor, lr,
-    alpha, eps, weight_decay, momentum, centered, maximize, rule,
+    alpha, eps, weight_decay, momentum, centered, maximize, rule, grad_scale=None,
 ) -> None:
-    """torch.optim.RMSprop's single-tensor update (or the playbook's) in float32."""
+    """torch.optim.RMSprop's single-tensor update (or the playbook's) in opmath."""
     if not params or _skip(control):
         return
     lr = _lr(lr_tensor, lr)
@@ -190,13 +203,15 @@ def rmsprop_step_(
             p.addcdiv_(g, avg, value=-lr)
         _write_back(param, p)
         _write_back(square_avgs[i], sq)
+    _store_unscaled_grads(grads, grad_scale)
 
 
 def nadam_step_(
     params, grads, exp_avgs, exp_avg_sqs, mu_products, steps, control, lr_tensor, lr, beta1,
     beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize, rule,
+    grad_scale=None,
 ) -> None:
-    """torch.optim.NAdam's single-tensor update (or the playbook's) in float32."""
+    """torch.optim.NAdam's single-tensor update (or the playbook's) in opmath."""
     if not params or _skip(control):
         return
     lr = _lr(lr_tensor, lr)
@@ -228,3 +243,4 @@ def nadam_step_(
         _write_back(param, p)
         _write_back(exp_avgs[i], m)
         _write_back(exp_avg_sqs[i], v)
+    _store_unscaled_grads(grads, grad_scale)

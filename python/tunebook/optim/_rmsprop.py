@@ -9,11 +9,12 @@ from torch import Tensor
 
 from . import _functional as F
 from ._base import DEFAULT_NORM_LOG_CAPACITY, FusedOptimizer
-from ._common_doc import EXTRAS_DOC, check_common, check_rule
+from ._common_doc import check_common, check_rule, with_extras_doc
 
 __all__ = ["RMSprop"]
 
 
+@with_extras_doc
 class RMSprop(FusedOptimizer):
     r"""RMSprop, a drop-in ``torch.optim.RMSprop`` whose step is one fused kernel.
 
@@ -36,7 +37,7 @@ class RMSprop(FusedOptimizer):
         \theta \leftarrow \theta - b
 
     Args: as ``torch.optim.RMSprop``; ``rule``: "torch" or "playbook".
-    """ + EXTRAS_DOC
+    """
 
     def __init__(
         self,
@@ -61,19 +62,20 @@ class RMSprop(FusedOptimizer):
     ) -> None:
         check_common(lr, eps, weight_decay)
         if not 0.0 <= momentum:
-            raise ValueError(f"Invalid momentum value: {momentum=} must be >= 0")
+            raise ValueError(f"Invalid momentum value: {momentum} (must be >= 0)")
         if not 0.0 <= alpha:
-            raise ValueError(f"Invalid alpha value: {alpha=} must be >= 0")
-        self.rule = check_rule(rule)
+            raise ValueError(f"Invalid alpha value: {alpha} (must be >= 0)")
         defaults = dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
             weight_decay=weight_decay, capturable=capturable, foreach=foreach,
-            maximize=maximize, differentiable=differentiable,
+            maximize=maximize, differentiable=differentiable, rule=check_rule(rule),
         )
         super().__init__(
             params, defaults, max_grad_norm=max_grad_norm, log_grad_norm=log_grad_norm,
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
         )
+
+    _sparse_grad_error = "RMSprop does not support sparse gradients"
 
     def _plan_key(self, group):
         return (float(group["momentum"]) > 0, bool(group["centered"]))
@@ -81,10 +83,11 @@ class RMSprop(FusedOptimizer):
     def _collect_state(self, group, params):
         momentum, centered = float(group["momentum"]), bool(group["centered"])
         states = [self.state[p] for p in params]
+        fresh = tuple(i for i, state in enumerate(states) if len(state) == 0)
         for p, state in zip(params, states):
             if len(state) == 0:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                fill = torch.ones_like if self.rule == "playbook" else torch.zeros_like
+                fill = torch.ones_like if group["rule"] == "playbook" else torch.zeros_like
                 state["square_avg"] = fill(p, memory_format=torch.preserve_format)
             if momentum > 0 and "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -94,13 +97,14 @@ class RMSprop(FusedOptimizer):
             "square_avg", "grad_avg" if centered else None,
             "momentum_buffer" if momentum > 0 else None, "step",
         )
-        return keys, [[state[key] for state in states] if key else [] for key in keys], True
+        return keys, [[state[key] for state in states] if key else [] for key in keys], fresh
 
-    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
+    def _family_step(self, group, params, grads, lists, fresh, control, lr_tensor, lr,
+                     grad_scale, ops) -> None:
         square_avgs, grad_avgs, buffers, steps = lists
         ops.rmsprop_step_(
             params, grads, square_avgs, grad_avgs, buffers, steps, control, lr_tensor, lr,
             float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
             float(group["momentum"]), bool(group["centered"]), bool(group["maximize"]),
-            F.RULES[self.rule],
+            F.RULES[group["rule"]], grad_scale,
         )

@@ -8,11 +8,12 @@ import torch
 from torch import Tensor
 
 from ._base import DEFAULT_NORM_LOG_CAPACITY, FusedOptimizer
-from ._common_doc import EXTRAS_DOC, check_common
+from ._common_doc import check_common, with_extras_doc
 
 __all__ = ["SGD"]
 
 
+@with_extras_doc
 class SGD(FusedOptimizer):
     r"""SGD with momentum, a drop-in ``torch.optim.SGD`` whose step is one fused kernel.
 
@@ -31,7 +32,7 @@ class SGD(FusedOptimizer):
     Note: a momentum buffer is created zero-filled on a param's first step, so if that very
     step is skipped (non-finite norm) and ``dampening != 0``, the next step dampens the
     first gradient (torch's fused SGD leaves the buffer uninitialised in that case).
-    """ + EXTRAS_DOC + r"""
+
     Example:
         >>> opt = tunebook.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
         ...                          nesterov=True, max_grad_norm=1.0)
@@ -58,7 +59,7 @@ class SGD(FusedOptimizer):
     ) -> None:
         check_common(lr, None, weight_decay)
         if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum=} must be >= 0")
+            raise ValueError(f"Invalid momentum value: {momentum} (must be >= 0)")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(
@@ -72,13 +73,17 @@ class SGD(FusedOptimizer):
         )
 
     _scalar_state_keys = ()
+    # Buffers made this step start as buf = g (torch's clone): the lists hold for one step
+    # only while some are new.
+    _fresh_state_changes_update = True
+    _sparse_grad_error = None
 
     def _plan_key(self, group):
         return float(group["momentum"]) != 0
 
     def _collect_state(self, group, params):
         if float(group["momentum"]) == 0:
-            return (None, None), [[], []], True
+            return (None,), [[]], ()  # no state at all, as torch (no empty entries either)
         first: list[int] = []
         buffers: list[Tensor] = []
         for i, p in enumerate(params):
@@ -89,28 +94,27 @@ class SGD(FusedOptimizer):
                 state["momentum_buffer"] = buf
                 first.append(i)
             buffers.append(buf)
-        # Buffers made this step start as buf = g (torch's clone): the lists hold for one
-        # step only while some are new.
-        return ("momentum_buffer", None), [buffers, first], not first
+        return ("momentum_buffer",), [buffers], tuple(first)
 
-    def _family_step(self, group, params, grads, lists, control, lr_tensor, lr, ops) -> None:
-        buffers, first = lists
+    def _family_step(self, group, params, grads, lists, fresh, control, lr_tensor, lr,
+                     grad_scale, ops) -> None:
+        (buffers,) = lists
         momentum = float(group["momentum"])
         args = (
             control, lr_tensor, lr, momentum, float(group["dampening"]),
             float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]),
         )
         if momentum == 0:
-            ops.sgd_step_(params, grads, [], *args, False)
-        elif not first:
-            ops.sgd_step_(params, grads, buffers, *args, False)
-        elif len(first) == len(params):
-            ops.sgd_step_(params, grads, buffers, *args, True)
+            ops.sgd_step_(params, grads, [], *args, False, grad_scale)
+        elif not fresh:
+            ops.sgd_step_(params, grads, buffers, *args, False, grad_scale)
+        elif len(fresh) == len(params):
+            ops.sgd_step_(params, grads, buffers, *args, True, grad_scale)
         else:
-            is_first = set(first)
+            is_first = set(fresh)
             for flag in (True, False):
                 idx = [i for i in range(len(params)) if (i in is_first) == flag]
                 ops.sgd_step_(
                     [params[i] for i in idx], [grads[i] for i in idx],
-                    [buffers[i] for i in idx], *args, flag,
+                    [buffers[i] for i in idx], *args, flag, grad_scale,
                 )
