@@ -194,12 +194,16 @@ def test_compiled_check_reports_each_change():
         assert layouts.unchanged()
         change()
         assert not layouts.unchanged()
-    # A swapped-in tensor (swap_tensors) while the old one lives on elsewhere.
+    # A swapped-in tensor (swap_tensors) while the old one lives on elsewhere: the one the
+    # param object wraps now is compared, and no reference is held that would stop a swap.
     p.data = torch.zeros(2, 3, 4, 5)
     p.grad = None
-    other = torch.nn.Parameter(torch.zeros(2, 3, 4, 5))
     layouts = torch.classes.tunebook.ParamLayouts([p])
+    same = torch.nn.Parameter(torch.ones(2, 3, 4, 5))
+    torch.utils.swap_tensors(p, same)
+    assert layouts.unchanged() and bool((p == 1).all())
+    other = torch.nn.Parameter(torch.zeros(2, 3, 4, 5).contiguous(memory_format=CHANNELS_LAST))
     torch.utils.swap_tensors(p, other)
     assert not layouts.unchanged()
-    torch.utils.swap_tensors(p, other)  # swapped back: the same tensor again
+    torch.utils.swap_tensors(p, other)  # swapped back
     assert layouts.unchanged()
