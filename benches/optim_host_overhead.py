@@ -10,6 +10,9 @@ The host-bound extreme: 2000 params of 16 float32 elements, max_grad_norm=1.0, t
                the pool's allocation is not timed
 Reported per optimizer and pattern: the 10th percentile and the median of ``--steps`` timed
 steps, each tree's best round, then the median over rounds of the per-round p10/median.
+Then, in the same processes and with the real ops, the whole step of tunebook's Adam and of
+``torch.optim.Adam(foreach=True)`` (its default) on the same params and grads: at 16
+elements per tensor both are host-bound, so their ratio is the ratio of host costs.
 
     python benches/optim_host_overhead.py [--trees OLD_TREE,NEW_TREE] [--rounds 4]
 
@@ -93,6 +96,33 @@ def worker(tree: str, optimizers: list[str], steps: int, n: int, size: int) -> d
                 )
         finally:
             functional.ops_for = real_ops_for
+            if hasattr(opt, "_ops"):
+                opt._ops = functional.ops_for(opt.backend)
+    # The whole step with the real ops, tunebook's Adam against torch's default (foreach).
+    if "adam" in optimizers:
+        gen = torch.Generator().manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(size, generator=gen)) for _ in range(n)]
+        pools = [[torch.randn(size, generator=gen) for _ in params] for _ in range(2)]
+        runs = {
+            "tunebook": tbo.Adam(params, lr=1e-3, max_grad_norm=1.0),
+            "torch_foreach": torch.optim.Adam(params, lr=1e-3, foreach=True),
+        }
+        for pattern in PATTERNS:
+            times = {name: [] for name in runs}
+            for i in range(steps + 10):
+                for name, opt in runs.items():  # interleaved: the same load for both
+                    if pattern == "new" or i == 0:
+                        for p, g in zip(params, pools[i % 2]):
+                            p.grad = g
+                    t0 = time.perf_counter()
+                    opt.step()
+                    if i >= 10:
+                        times[name].append(time.perf_counter() - t0)
+            for name, values in times.items():
+                values.sort()
+                results[f"{name}_adam_real/{pattern}"] = (
+                    values[len(values) // 10] * 1e3, statistics.median(values) * 1e3,
+                )
     return results
 
 
@@ -134,12 +164,24 @@ def main() -> None:
     print(f"{'':18s}" + "".join(f"{'best':>10s} {'med':>5s} {'best':>7s} {'med':>5s}"
                                   for _ in trees))
     for key in rounds[trees[0]][0]:
+        if key.startswith("torch_foreach"):
+            continue
         line = f"{key:18s}"
         for tree in trees:
             p10s = [r[key][0] for r in rounds[tree]]
             meds = [r[key][1] for r in rounds[tree]]
             line += (f"{min(p10s):10.3f} {statistics.median(p10s):5.2f} "
                      f"{min(meds):7.3f} {statistics.median(meds):5.2f}")
+        print(line)
+    print("\nthe whole step with the real ops, Adam, same processes: median ms "
+          "(tunebook / torch foreach = ratio)")
+    for pattern in PATTERNS:
+        line = f"{pattern:18s}"
+        for tree in trees:
+            ours = statistics.median(r[f"tunebook_adam_real/{pattern}"][1] for r in rounds[tree])
+            theirs = statistics.median(
+                r[f"torch_foreach_adam_real/{pattern}"][1] for r in rounds[tree])
+            line += f"{ours:9.3f} / {theirs:7.3f} = {ours / theirs:4.2f}  "
         print(line)
 
 
