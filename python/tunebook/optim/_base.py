@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _distributed
 from . import _functional as F
 from ._build import library_backends
 from ._common_doc import check_rule
@@ -59,6 +60,7 @@ _GLOBAL_OPTIONS = {
     "log_grad_norm": True,
     "norm_log_capacity": DEFAULT_NORM_LOG_CAPACITY,
     "skip_nonfinite": True,
+    "norm_process_group": None,
     "_requested_backend": None,
     "_counters": None,
     "_norm_log": None,
@@ -140,6 +142,7 @@ class FusedOptimizer(Optimizer):
         norm_log_capacity: int,
         skip_nonfinite: bool,
         backend: str | None,
+        norm_process_group: Any = None,
     ) -> None:
         name = type(self).__name__
         if defaults.get("differentiable"):
@@ -156,6 +159,7 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"{norm_log_capacity=} must be >= 1")
         if backend is not None and backend not in _BACKENDS:
             raise ValueError(f"{backend=} must be one of {_BACKENDS} or None (automatic)")
+        norm_process_group = _distributed.check_norm_process_group(norm_process_group)
         self._reset_caches()
         self._control: Tensor | None = None
         super().__init__(params, defaults)
@@ -163,6 +167,7 @@ class FusedOptimizer(Optimizer):
         self.log_grad_norm = bool(log_grad_norm)
         self.norm_log_capacity = int(norm_log_capacity)
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.norm_process_group = norm_process_group
         self._requested_backend = backend
         self._counters: Tensor | None = None
         self._norm_log: Tensor | None = None
@@ -235,6 +240,8 @@ class FusedOptimizer(Optimizer):
         state = super().__getstate__()
         for key in _GLOBAL_OPTIONS:
             state[key] = getattr(self, key)
+        # A ProcessGroup cannot be pickled: its name can, and names the same group again.
+        state["norm_process_group"] = _distributed.picklable_group(self.norm_process_group)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
@@ -257,6 +264,7 @@ class FusedOptimizer(Optimizer):
         """Forgets every cached step plan (the next step rebuilds them from the state)."""
         self._plans: list[_StepPlan | None] = []
         self._state_snapshot = None
+        self._distributed: _distributed.DistributedStep | None | bool = False  # False: unbuilt
 
     # ----------------------------------------------------------------- the step
     @torch.no_grad()
@@ -269,9 +277,17 @@ class FusedOptimizer(Optimizer):
             work = self._traced_work()
         else:
             work = self._cached_work()
-        if work is None:
+        distributed = self._distributed_step()
+        if work is not None:
+            device, backend, calls = work
+        elif distributed is not None and distributed.participates:
+            # A rank with no gradient this step still takes part in the all-reduce (its
+            # partition may be empty while others have work), so the counters agree.
+            device = self._params_device() or distributed.device
+            backend, calls = self._backend_for(device), []
+            self._ensure_buffers(device)
+        else:
             return loss
-        device, backend, calls = work
         ops = F.ops_for(backend)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
@@ -279,7 +295,12 @@ class FusedOptimizer(Optimizer):
             grad_scale = grad_scale.to(device=device, dtype=torch.float32, non_blocking=True)
         if found_inf is not None:
             found_inf = found_inf.to(device=device, dtype=torch.float32, non_blocking=True)
-        sq_norm = self._global_sq_norm(ops, calls)
+        if distributed is None:
+            sq_norm = self._global_sq_norm(ops, calls)
+        else:
+            calls, sq_norm, found_inf = self._distributed_sq_norm(
+                distributed, ops, device, calls, found_inf
+            )
         ops.step_control_(
             sq_norm, grad_scale, found_inf, self._control, self._counters, self._norm_log,
             self.max_grad_norm, self.skip_nonfinite,
@@ -287,13 +308,35 @@ class FusedOptimizer(Optimizer):
         self._update_groups(ops, device, calls, grad_scale)
         return loss
 
+    def _norm_needed(self) -> bool:
+        return self.max_grad_norm is not None or self.log_grad_norm or self.skip_nonfinite
+
     def _global_sq_norm(self, ops: Any, calls: list) -> Tensor | None:
         """The sum of squares of every gradient the step uses, over all groups (None when
         nothing needs it): the one global reduction of the step."""
-        if self.max_grad_norm is None and not self.log_grad_norm and not self.skip_nonfinite:
+        if not self._norm_needed():
             return None
         grads = [g for _, group_calls in calls for call in group_calls for g in call.grads]
         return ops.grad_sq_norm(grads)
+
+    def _distributed_step(self) -> _distributed.DistributedStep | None:
+        """The distributed part of the step (None in a single process or under DDP), built
+        at the first step and again after the param groups change."""
+        distributed = self._distributed
+        if distributed is False:
+            distributed = self._distributed = _distributed.build_distributed_step(self)
+        return distributed
+
+    def _distributed_sq_norm(self, distributed, ops, device, calls, found_inf):
+        """:meth:`_global_sq_norm` across ranks: the calls on local shards, and the sum of
+        squares and ``found_inf`` summed over the group by one all-reduce (see
+        :mod:`tunebook.optim._distributed`). Returns ``(calls, sq_norm, found_inf)``."""
+        calls, norm_grads = distributed.localize(calls)
+        sq_norm = None
+        if self._norm_needed():
+            sq_norm = distributed.local_sq_norm(ops, norm_grads, device)
+        sq_norm, found_inf = distributed.all_reduce(sq_norm, found_inf)
+        return calls, sq_norm, found_inf
 
     def _update_groups(self, ops: Any, device: torch.device, calls: list,
                        grad_scale: Tensor | None) -> None:
@@ -541,15 +584,7 @@ class FusedOptimizer(Optimizer):
         if self._counters is None:
             return GradNormLog(torch.empty(0), 0, 0, 0, self.max_grad_norm)
         steps, clipped, skipped = (int(x) for x in self._counters.tolist())
-        ring = self._norm_log.detach().to("cpu", copy=True)
-        capacity = ring.numel()
-        if capacity == 0:
-            norms = torch.empty(0)
-        elif steps <= capacity:
-            norms = ring[:steps].clone()
-        else:
-            start = steps % capacity
-            norms = torch.cat([ring[start:], ring[:start]])
+        norms = _unroll_ring(self._norm_log.detach().to("cpu", copy=True), steps)
         return GradNormLog(norms, clipped, skipped, steps, self.max_grad_norm)
 
     # ----------------------------------------------------------------- state_dict
@@ -557,23 +592,57 @@ class FusedOptimizer(Optimizer):
         """torch's state_dict, plus the norm log under ``"tunebook_grad_norms"``.
 
         torch.optim ignores the extra key, so the result loads into torch.optim as well.
+
+        A distributed optimizer (DTensor params or ``norm_process_group``) keeps the log in
+        the state of its first param instead, as ``{"norm_log": ring buffer, "counters":
+        [steps, clipped, skipped]}`` (tensors of fixed shapes, copied on the device):
+        ``torch.distributed.checkpoint`` carries only ``"state"`` and ``"param_groups"``, and
+        loads into tensors of the shapes the loading optimizer's own state_dict has. The log
+        is the same on every rank, so DCP saves it once and every rank loads it back.
         """
         state = super().state_dict()
-        if self._counters is not None:
-            log = self.grad_norms()
-            state[_STATE_DICT_KEY] = {
-                "norms": log.norms,
-                "steps": log.steps,
-                "clipped": log.clipped,
-                "skipped": log.skipped,
-            }
+        if self._counters is None:
+            return state
+        if _distributed.is_distributed(self):
+            if self.param_groups and self.param_groups[0]["params"]:
+                # torch's entries are the live per-param dicts: add to a copy.
+                entry = dict(state["state"].get(0, {}))
+                entry[_STATE_DICT_KEY] = {
+                    "norm_log": self._norm_log.clone(), "counters": self._counters.clone(),
+                }
+                state["state"][0] = entry
+            return state
+        log = self.grad_norms()
+        state[_STATE_DICT_KEY] = {
+            "norms": log.norms,
+            "steps": log.steps,
+            "clipped": log.clipped,
+            "skipped": log.skipped,
+        }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a state_dict from tunebook or from torch.optim (same layout)."""
+        """Loads a state_dict from tunebook or from torch.optim (same layout).
+
+        For DTensor params, per-element state that arrives as plain full-size tensors (a
+        torch.optim or single-process state_dict, loaded the same on every rank) is sharded
+        like its param; a sharded checkpoint loads through
+        ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict``.
+        """
         saved_log = state_dict.get(_STATE_DICT_KEY)
+        states = state_dict.get("state", {})
+        hosts = [k for k, v in states.items() if isinstance(v, dict) and _STATE_DICT_KEY in v]
+        if hosts:  # a distributed optimizer's log: take it out, leave the caller's dict alone
+            states = dict(states)
+            for k in hosts:
+                states[k] = dict(states[k])
+                saved_log = states[k].pop(_STATE_DICT_KEY)
+                if not states[k]:
+                    del states[k]
+            state_dict = {**state_dict, "state": states}
         super().load_state_dict(state_dict)
         self._invalidate_plans()
+        _distributed.shard_loaded_state(self)
         # torch's loader casts every floating state to the param's dtype except `step`, which
         # it leaves on the CPU: tunebook keeps its scalars in float32 on the params' device.
         for group in self.param_groups:
@@ -588,6 +657,12 @@ class FusedOptimizer(Optimizer):
             self._restore_log(saved_log)
 
     def _restore_log(self, saved: dict[str, Any]) -> None:
+        if "counters" in saved:  # a distributed optimizer's: the ring buffer as it was
+            steps, clipped, skipped = (int(x) for x in saved["counters"].tolist())
+            saved = {
+                "norms": _unroll_ring(saved["norm_log"].detach().to("cpu"), steps),
+                "steps": steps, "clipped": clipped, "skipped": skipped,
+            }
         device = self._params_device() or torch.device("cpu")
         self._counters = None
         self._ensure_buffers(device)
@@ -600,6 +675,17 @@ class FusedOptimizer(Optimizer):
         if norms.numel():
             positions = torch.arange(steps - norms.numel(), steps) % capacity
             self._norm_log.index_copy_(0, positions.to(device), norms.to(device))
+
+
+def _unroll_ring(ring: Tensor, steps: int) -> Tensor:
+    """The norms of a ring buffer written at ``step % capacity``, oldest first."""
+    capacity = ring.numel()
+    if capacity == 0:
+        return torch.empty(0)
+    if steps <= capacity:
+        return ring[:steps].clone()
+    start = steps % capacity
+    return torch.cat([ring[start:], ring[:start]])
 
 
 def _resolve_backend(requested: str | None, device: torch.device) -> str:
