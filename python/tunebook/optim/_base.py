@@ -60,7 +60,7 @@ _GLOBAL_OPTIONS = {
     "log_grad_norm": True,
     "norm_log_capacity": DEFAULT_NORM_LOG_CAPACITY,
     "skip_nonfinite": True,
-    "norm_process_group": None,
+    "process_group": None,
     "_requested_backend": None,
     "_counters": None,
     "_norm_log": None,
@@ -142,7 +142,7 @@ class FusedOptimizer(Optimizer):
         norm_log_capacity: int,
         skip_nonfinite: bool,
         backend: str | None,
-        norm_process_group: Any = None,
+        process_group: Any = None,
     ) -> None:
         name = type(self).__name__
         if defaults.get("differentiable"):
@@ -159,7 +159,9 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"{norm_log_capacity=} must be >= 1")
         if backend is not None and backend not in _BACKENDS:
             raise ValueError(f"{backend=} must be one of {_BACKENDS} or None (automatic)")
-        norm_process_group = _distributed.check_norm_process_group(norm_process_group)
+        process_group = _distributed.check_process_group(process_group)
+        if process_group is None:
+            process_group = _distributed.zero_process_group()
         self._reset_caches()
         self._control: Tensor | None = None
         super().__init__(params, defaults)
@@ -167,7 +169,7 @@ class FusedOptimizer(Optimizer):
         self.log_grad_norm = bool(log_grad_norm)
         self.norm_log_capacity = int(norm_log_capacity)
         self.skip_nonfinite = bool(skip_nonfinite)
-        self.norm_process_group = norm_process_group
+        self.process_group = process_group
         self._requested_backend = backend
         self._counters: Tensor | None = None
         self._norm_log: Tensor | None = None
@@ -241,7 +243,7 @@ class FusedOptimizer(Optimizer):
         for key in _GLOBAL_OPTIONS:
             state[key] = getattr(self, key)
         # A ProcessGroup cannot be pickled: its name can, and names the same group again.
-        state["norm_process_group"] = _distributed.picklable_group(self.norm_process_group)
+        state["process_group"] = _distributed.picklable_group(self.process_group)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
@@ -593,7 +595,7 @@ class FusedOptimizer(Optimizer):
 
         torch.optim ignores the extra key, so the result loads into torch.optim as well.
 
-        A distributed optimizer (DTensor params or ``norm_process_group``) keeps the log in
+        A distributed optimizer (DTensor params or ``process_group``) keeps the log in
         the state of its first param instead, as ``{"norm_log": ring buffer, "counters":
         [steps, clipped, skipped]}`` (tensors of fixed shapes, copied on the device):
         ``torch.distributed.checkpoint`` carries only ``"state"`` and ``"param_groups"``, and

@@ -22,7 +22,7 @@ as FSDP2 x TP places the params that are not tensor-parallel on the data-paralle
 is counted on one of them only, the one at coordinate 0 of the replicated dimensions (and
 in the submesh that holds the largest mesh's first rank). The other copies still take part
 with ``0 * sum``: nothing when finite, NaN when not, so a copy that went bad on one rank
-alone skips the step everywhere. Plain tensors in an optimizer with ``norm_process_group``
+alone skips the step everywhere. Plain tensors in an optimizer with ``process_group``
 are each rank's own partition (ZeRO) and are all counted.
 
 Why explicit local shards and one all-reduce, rather than sharding strategies registered
@@ -58,10 +58,11 @@ from torch import Tensor
 __all__ = [
     "DistributedStep",
     "build_distributed_step",
-    "check_norm_process_group",
+    "check_process_group",
     "is_distributed",
     "picklable_group",
     "shard_loaded_state",
+    "zero_process_group",
 ]
 
 _local = operator.attrgetter("_local_tensor")
@@ -83,8 +84,8 @@ def _non_member() -> Any:
     return dist.GroupMember.NON_GROUP_MEMBER
 
 
-def check_norm_process_group(group: Any) -> Any:
-    """The constructor's check of ``norm_process_group``: a ProcessGroup, a group name, the
+def check_process_group(group: Any) -> Any:
+    """The constructor's check of ``process_group``: a ProcessGroup, a group name, the
     non-member sentinel ``new_group`` returns on ranks outside the group, or None."""
     if group is None or isinstance(group, str):
         return group
@@ -96,7 +97,7 @@ def check_norm_process_group(group: Any) -> Any:
         ):
             return group
     raise TypeError(
-        f"norm_process_group must be a torch.distributed ProcessGroup, its group_name (str) "
+        f"process_group must be a torch.distributed ProcessGroup, its group_name (str) "
         f"or None, got {type(group).__name__}"
     )
 
@@ -109,13 +110,13 @@ def picklable_group(group: Any) -> Any:
 
 
 def _resolve_group(value: Any, name: str) -> Any:
-    """The ProcessGroup for ``norm_process_group``; a clear error on a rank outside it."""
+    """The ProcessGroup for ``process_group``; a clear error on a rank outside it."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         raise RuntimeError(
-            f"{name}: norm_process_group is set but torch.distributed is not initialized; "
-            "call torch.distributed.init_process_group first (or drop norm_process_group)"
+            f"{name}: process_group is set but torch.distributed is not initialized; "
+            "call torch.distributed.init_process_group first (or drop process_group)"
         )
     if isinstance(value, str):
         from torch.distributed.distributed_c10d import _resolve_process_group
@@ -124,20 +125,44 @@ def _resolve_group(value: Any, name: str) -> Any:
             value = _resolve_process_group(value)
         except (RuntimeError, ValueError, KeyError) as error:
             raise ValueError(
-                f"{name}: norm_process_group={value!r} names no process group of this "
+                f"{name}: process_group={value!r} names no process group of this "
                 f"process ({error})"
             ) from None
     if isinstance(value, int) or dist.get_rank(value) < 0:
         raise ValueError(
-            f"{name}: this rank ({dist.get_rank()}) is not a member of norm_process_group; "
+            f"{name}: this rank ({dist.get_rank()}) is not a member of process_group; "
             "every rank that steps the optimizer must be in the group its norm is summed over"
         )
     return value
 
 
+def zero_process_group() -> Any:
+    """The ``process_group`` of the ``ZeroRedundancyOptimizer`` that is constructing this
+    optimizer as its local one, else None.
+
+    ZeroRedundancyOptimizer takes ``process_group`` for itself and passes only the other
+    keyword arguments to ``optimizer_class``, so a local optimizer never sees the group its
+    params were partitioned over. Without it each rank would clip by the norm of its own
+    partition, wrongly and silently; so the group is read from the constructing frame
+    (ZeRO sets it, WORLD by default, before it builds the local optimizer).
+    """
+    module = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    if module is None:
+        return None
+    code = module.ZeroRedundancyOptimizer._init_local_optimizer.__code__
+    frame = sys._getframe(1)
+    for _ in range(12):  # the subclass constructors sit in between
+        if frame is None:
+            return None
+        if frame.f_code is code:
+            return getattr(frame.f_locals.get("self"), "process_group", None)
+        frame = frame.f_back
+    return None
+
+
 def is_distributed(optimizer: Any) -> bool:
     """Whether ``optimizer`` steps DTensor params or sums its norm over a process group."""
-    if optimizer.norm_process_group is not None:
+    if optimizer.process_group is not None:
         return True
     dtensor = dtensor_type()
     return dtensor is not None and any(
@@ -161,7 +186,7 @@ class DistributedStep:
         copies: ``id(param) -> param`` for the DTensor params whose local shard this rank
             does not count (another rank holds the same values and counts them).
         participates: every ``step()`` takes part in the all-reduce, even on a rank that
-            has no gradient this step (True with ``norm_process_group``: the ranks'
+            has no gradient this step (True with ``process_group``: the ranks'
             partitions differ, so one rank may have nothing to step while others do).
     """
 
@@ -332,16 +357,16 @@ def _mesh_group(mesh: Any) -> Any:
 
 def build_distributed_step(optimizer: Any) -> DistributedStep | None:
     """The distributed part of ``optimizer``'s step, or None for a single-process (or DDP)
-    optimizer: no DTensor params and no ``norm_process_group``.
+    optimizer: no DTensor params and no ``process_group``.
 
     Raises:
-        TypeError: DTensor and plain params mixed without ``norm_process_group``.
-        ValueError: params on unrelated device meshes; ``norm_process_group`` not spanning
+        TypeError: DTensor and plain params mixed without ``process_group``.
+        ValueError: params on unrelated device meshes; ``process_group`` not spanning
             exactly the params' mesh, or not holding this rank.
         NotImplementedError: complex DTensor params.
     """
     name = type(optimizer).__name__
-    option = optimizer.norm_process_group
+    option = optimizer.process_group
     dtensor = dtensor_type()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     dtensors = [p for p in params if dtensor is not None and isinstance(p, dtensor)]
@@ -354,7 +379,7 @@ def build_distributed_step(optimizer: Any) -> DistributedStep | None:
         raise TypeError(
             f"{name}: the params mix DTensors and plain tensors. Shard every module that "
             "holds params (e.g. fully_shard the root module too), or, if each rank's plain "
-            "params are its own partition (ZeRO), pass norm_process_group"
+            "params are its own partition (ZeRO), pass process_group"
         )
     if any(p.is_complex() for p in dtensors):
         raise NotImplementedError(f"{name}: complex DTensor params are not supported")
@@ -396,9 +421,9 @@ def build_distributed_step(optimizer: Any) -> DistributedStep | None:
         group_ranks = set(dist.get_process_group_ranks(group))
         if group_ranks != largest_ranks:
             raise ValueError(
-                f"{name}: norm_process_group spans ranks {sorted(group_ranks)} but the params' "
+                f"{name}: process_group spans ranks {sorted(group_ranks)} but the params' "
                 f"device mesh spans {sorted(largest_ranks)}; pass the mesh's group, or leave "
-                "norm_process_group None (DTensor params bring their mesh)"
+                "process_group None (DTensor params bring their mesh)"
             )
     return DistributedStep(group, copies, option is not None, _group_device(group))
 
@@ -440,14 +465,14 @@ def shard_loaded_state(optimizer: Any) -> None:
                         f"{tuple(p.shape)}; load a sharded checkpoint with "
                         "torch.distributed.checkpoint.state_dict.set_optimizer_state_dict"
                     )
-                sharded = distribute_tensor(
+                local = distribute_tensor(
                     value.to(p.device), p.device_mesh, p.placements, src_data_rank=None
+                )._local_tensor
+                # A copy in the param's local layout: the shard is a view into the full
+                # tensor, which would stay alive on every rank (and alias the caller's
+                # state_dict) otherwise.
+                own = torch.empty_like(p._local_tensor, dtype=local.dtype).copy_(local)
+                state[key] = dtensor.from_local(
+                    own, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                    stride=p.stride(),
                 )
-                local = sharded._local_tensor
-                if local.stride() != p._local_tensor.stride():
-                    relaid = torch.empty_like(p._local_tensor, dtype=local.dtype).copy_(local)
-                    sharded = dtensor.from_local(
-                        relaid, p.device_mesh, p.placements, run_check=False, shape=p.shape,
-                        stride=p.stride(),
-                    )
-                state[key] = sharded
