@@ -325,6 +325,47 @@ def check_hand_written_zero_with_process_group(work: Path) -> None:
     )
 
 
+def check_zero_state_dict_round_trip_keeps_the_log(work: Path) -> None:
+    """ZeroRedundancyOptimizer's consolidated state_dict, saved by rank 0 and loaded by every
+    rank into a new one, resumes training identically, norm log and counters included."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    def build():
+        model = DistributedDataParallel(mlp())
+        return model, _zero(model, "Adam", None)
+
+    def train(model, zero, steps):
+        for step in steps:
+            x, y = H.batch(step, ROWS, (8,), 1)
+            nn.functional.mse_loss(model(rank_rows(x)), rank_rows(y)).backward()
+            zero.step()
+            zero.zero_grad()
+
+    model, zero = build()
+    train(model, zero, range(3))
+    zero.consolidate_state_dict(to=0)
+    if H.rank() == 0:
+        torch.save(zero.state_dict(), work / "zero.pt")
+    torch.distributed.barrier()
+    weights = copy.deepcopy(model.module.state_dict())
+    train(model, zero, range(3, 5))
+    expected = [p.detach().clone() for p in model.parameters()]
+    expected_log = zero.optim.grad_norms()
+
+    model, zero = build()
+    model.module.load_state_dict(weights)
+    zero.load_state_dict(torch.load(work / "zero.pt", weights_only=True))
+    train(model, zero, range(3, 5))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), expected))
+    log = zero.optim.grad_norms()
+    assert (log.steps, log.clipped, log.skipped) == (
+        expected_log.steps, expected_log.clipped, expected_log.skipped), (log, expected_log)
+    assert torch.equal(log.norms, expected_log.norms)
+    assert not any(
+        "tunebook_grad_norms" in state for state in zero.optim.state.values()
+    )
+
+
 # --------------------------------------------------------------------------- NaN / inf
 def _snapshot(optimizer) -> list[torch.Tensor]:
     """Every local tensor the step may write: params and state, copied."""
@@ -529,6 +570,40 @@ def check_dcp_round_trip_mid_training_resumes_identically(work: Path) -> None:
     assert (log.steps, log.clipped, log.skipped) == (
         expected_log.steps, expected_log.clipped, expected_log.skipped)
     H.assert_same_on_all_ranks((log.steps, log.clipped, log.norms.tolist()), "restored log")
+
+
+def check_dcp_state_dict_calls_do_not_count_as_steps(work: Path) -> None:
+    """DCP's get/set_optimizer_state_dict step an optimizer whose state is empty (zero grads,
+    lr 0) to create its state: SGD without momentum has none, so every checkpoint would
+    add a step of norm 0 to the log. They do not count, and change no param."""
+    import tunebook
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict,
+    )
+
+    model = fsdp(mlp())
+    optimizer = tunebook.SGD(model.parameters(), lr=0.05, max_grad_norm=0.5)
+    _train(model, optimizer, range(2))
+    expected = optimizer.grad_norms()
+    params = [H.full(p) for p in model.parameters()]
+    for _ in range(3):
+        state = get_optimizer_state_dict(model, optimizer)
+    dcp.save({"optim": state}, checkpoint_id=str(work / "sgd"))
+    log = optimizer.grad_norms()
+    assert (log.steps, log.clipped, log.norms.tolist()) == (
+        expected.steps, expected.clipped, expected.norms.tolist()), (log, expected)
+    assert all(torch.equal(H.full(p), q) for p, q in zip(model.parameters(), params))
+
+    fresh = tunebook.SGD(model.parameters(), lr=0.05, max_grad_norm=0.5)
+    state = {"optim": get_optimizer_state_dict(model, fresh)}
+    assert fresh.grad_norms().steps == 0
+    dcp.load(state, checkpoint_id=str(work / "sgd"))
+    # strict=False: DCP wants state for every param, which plain SGD (torch's too) lacks.
+    set_optimizer_state_dict(model, fresh, state["optim"], options=StateDictOptions(strict=False))
+    log = fresh.grad_norms()
+    assert (log.steps, log.clipped, log.norms.tolist()) == (
+        expected.steps, expected.clipped, expected.norms.tolist()), (log, expected)
 
 
 def check_torch_full_state_dict_loads_into_sharded_tunebook(work: Path) -> None:

@@ -276,10 +276,19 @@ class FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if torch.compiler.is_compiling():
+            # _init_group, which torch.compile runs in Python, builds the distributed part.
             work = self._traced_work()
+            distributed = self._distributed or None
+            if distributed is not None:
+                raise NotImplementedError(
+                    f"torch.compile of {type(self).__name__}.step() with DTensor params or "
+                    "process_group is not supported; step it eagerly"
+                )
         else:
+            # First: a distributed set-up that cannot work raises here, on every rank
+            # alike, before any state is created or any collective issued.
+            distributed = self._distributed_step()
             work = self._cached_work()
-        distributed = self._distributed_step()
         if work is not None:
             device, backend, calls = work
         elif distributed is not None and distributed.participates:
@@ -303,10 +312,18 @@ class FusedOptimizer(Optimizer):
             calls, sq_norm, found_inf = self._distributed_sq_norm(
                 distributed, ops, device, calls, found_inf
             )
+        # torch.distributed.checkpoint's state-creating step (zero grads, lr 0) is not a
+        # training step: the norm log and the counters stay as they were.
+        uncounted = not torch.compiler.is_compiling() and _distributed.in_checkpoint_state_init()
+        if uncounted:
+            log = self._counters.clone(), self._norm_log.clone()
         ops.step_control_(
             sq_norm, grad_scale, found_inf, self._control, self._counters, self._norm_log,
             self.max_grad_norm, self.skip_nonfinite,
         )
+        if uncounted:
+            self._counters.copy_(log[0])
+            self._norm_log.copy_(log[1])
         self._update_groups(ops, device, calls, grad_scale)
         return loss
 
@@ -444,6 +461,7 @@ class FusedOptimizer(Optimizer):
         so that state, buffers and backend are set up eagerly; see :class:`_Chunk` for what
         a chunk layout holds.
         """
+        self._distributed_step()  # built here under torch.compile (a cached no-op otherwise)
         for p in group["params"]:
             if p.grad is not None:
                 if p.grad.layout != torch.strided and self._sparse_grad_error is not None:
@@ -455,6 +473,7 @@ class FusedOptimizer(Optimizer):
         device = self._check_group_device(group, params)
         backend = self._backend_for(device)
         self._ensure_buffers(device)
+        self._adopt_loaded_log(params)
         layouts = []
         all_keys = None
         for index, chunk_params in _split_by_math_dtype(params):
@@ -657,6 +676,17 @@ class FusedOptimizer(Optimizer):
                         self._state_float32(state, key, p, 0.0)
         if saved_log is not None:
             self._restore_log(saved_log)
+
+    def _adopt_loaded_log(self, params: list[Tensor]) -> None:
+        """Takes a distributed optimizer's norm log out of a param's state where a loader
+        other than :meth:`load_state_dict` put it with the rest of that param's state
+        (ZeroRedundancyOptimizer's ``load_state_dict`` fills its local optimizer's ``state``
+        directly), and restores it."""
+        state = self.state
+        for p in params:
+            entry = state.get(p)
+            if entry and _STATE_DICT_KEY in entry:
+                self._restore_log(entry.pop(_STATE_DICT_KEY))
 
     def _restore_log(self, saved: dict[str, Any]) -> None:
         if "counters" in saved:  # a distributed optimizer's: the ring buffer as it was

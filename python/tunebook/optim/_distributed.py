@@ -59,6 +59,7 @@ __all__ = [
     "DistributedStep",
     "build_distributed_step",
     "check_process_group",
+    "in_checkpoint_state_init",
     "is_distributed",
     "picklable_group",
     "shard_loaded_state",
@@ -158,6 +159,29 @@ def zero_process_group() -> Any:
             return getattr(frame.f_locals.get("self"), "process_group", None)
         frame = frame.f_back
     return None
+
+
+def in_checkpoint_state_init() -> bool:
+    """Whether this ``step()`` is the one ``torch.distributed.checkpoint``'s
+    ``get/set_optimizer_state_dict`` make to create the state of an optimizer whose state
+    is empty (``_init_optim_state``: zero gradients, lr 0).
+
+    That step creates state tensors to load into; it is not a training step, so it must not
+    count in the norm log. A stateless optimizer (SGD without momentum) gets one on every
+    call, at each checkpoint.
+    """
+    module = sys.modules.get("torch.distributed.checkpoint.state_dict")
+    init = getattr(module, "_init_optim_state", None)
+    if init is None:
+        return False
+    frame = sys._getframe(2)
+    for _ in range(6):  # step() <- no_grad <- torch's hook wrapper <- _init_optim_state
+        if frame is None:
+            return False
+        if frame.f_code is init.__code__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def is_distributed(optimizer: Any) -> bool:
