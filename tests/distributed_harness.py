@@ -4,7 +4,9 @@ data, and the step-by-step comparison with torch.
 
 Starting a process costs seconds (importing torch), so a test module starts one group per
 world size (:func:`run_group`, from a module-scoped fixture) and runs every check in it; each
-check is one pytest test reading its result. The group uses a FileStore in a temporary
+check is one pytest test reading its result. The ranks are forked from a parent that has
+already imported everything (``TUNEBOOK_DIST_START=spawn`` starts fresh interpreters
+instead); each rank runs torch on one thread. The group uses a FileStore in a temporary
 directory (no port to collide with other test runs) and a collective timeout, so a check
 that leaves the ranks out of step fails instead of hanging; the parent kills a group that
 overruns its deadline.
@@ -35,10 +37,13 @@ def run_group(module: str, names: list[str], world_size: int, deadline: float = 
               ) -> dict[str, str | None]:
     """Runs ``module.check_<name>(directory)`` for each name, in order, on ``world_size``
     spawned ranks; returns ``{name: None if it passed on every rank, else the errors}``."""
+    method = os.environ.get("TUNEBOOK_DIST_START", "fork")
+    if method == "fork":
+        _prepare_for_fork(module)
     with tempfile.TemporaryDirectory(prefix="tunebook-dist-") as directory:
         context = mp.start_processes(
             _worker, args=(world_size, module, names, directory), nprocs=world_size,
-            join=False, start_method="spawn",
+            join=False, start_method=method,
         )
         end = time.monotonic() + deadline
         crash = None
@@ -54,6 +59,9 @@ def run_group(module: str, names: list[str], world_size: int, deadline: float = 
                 if process.is_alive():
                     process.kill()
                     process.join()
+        durations = Path(directory, "durations0.json")
+        if os.environ.get("TUNEBOOK_DIST_DURATIONS") and durations.exists():
+            print({k: round(v, 2) for k, v in json.loads(durations.read_text()).items()})
         results: dict[str, list[str]] = {name: [] for name in names}
         for rank in range(world_size):
             path = Path(directory, f"rank{rank}.json")
@@ -66,6 +74,24 @@ def run_group(module: str, names: list[str], world_size: int, deadline: float = 
     return {name: "\n".join(errors) or None for name, errors in results.items()}
 
 
+def _prepare_for_fork(module: str) -> None:
+    """Imports and loads, once in the parent, what every rank needs (torch.distributed's
+    modules, the checks, tunebook's compiled kernels), so that forked ranks start in a
+    fraction of a second instead of importing torch each (seconds per rank on 2 cores)."""
+    import torch.distributed.checkpoint  # noqa: F401
+    import torch.distributed.fsdp  # noqa: F401
+    import torch.distributed.tensor.parallel  # noqa: F401
+    import warnings
+
+    from tunebook.optim._build import library_backends
+
+    with warnings.catch_warnings():  # torch.distributed.optim's jit.script deprecations
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch.distributed.optim  # noqa: F401
+    importlib.import_module(module)
+    library_backends()
+
+
 def _worker(rank: int, world_size: int, module: str, names: list[str], directory: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
@@ -75,18 +101,22 @@ def _worker(rank: int, world_size: int, module: str, names: list[str], directory
     )
     checks = importlib.import_module(module)
     results: dict[str, str | None] = {}
+    durations: dict[str, float] = {}
     out = Path(directory, f"rank{rank}.json")
     for name in names:
         work = Path(directory, name)
         if rank == 0:
             work.mkdir(exist_ok=True)
         dist.barrier()
+        start = time.perf_counter()
         try:
             getattr(checks, f"check_{name}")(work)
             results[name] = None
         except BaseException:  # noqa: BLE001 - reported to the parent
             results[name] = traceback.format_exc()
+        durations[name] = time.perf_counter() - start
         out.write_text(json.dumps(results))
+        Path(directory, f"durations{rank}.json").write_text(json.dumps(durations))
         # Every rank finishes a check before any starts the next one.
         dist.barrier()
     dist.destroy_process_group()
