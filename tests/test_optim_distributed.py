@@ -380,12 +380,14 @@ def _snapshot(optimizer) -> list[torch.Tensor]:
 
 
 def _assert_skipped_everywhere(optimizer, before: list[torch.Tensor], steps: int,
-                               skipped: int = 1, model: nn.Module | None = None) -> None:
+                               skipped: int = 1, model: nn.Module | None = None,
+                               nonfinite_norm: bool = True) -> None:
     after = _snapshot(optimizer)
     assert all(torch.equal(a, b) for a, b in zip(before, after)), "a skipped step wrote"
     log = optimizer.grad_norms()
     assert (log.steps, log.skipped) == (steps, skipped), log
-    assert not torch.isfinite(log.norms[-1]), log.norms
+    assert torch.isfinite(log.norms[-1]) != nonfinite_norm, log.norms
+    H.assert_same_on_all_ranks(str(log.norms.tolist()), "norm log")
     H.assert_same_on_all_ranks((log.steps, log.clipped, log.skipped), "counters")
     # The params are bit-identical everywhere: the full tensors agree with rank 0's.
     params = (
@@ -468,6 +470,49 @@ def check_inf_in_one_ranks_zero_partition_skips_every_rank(work: Path) -> None:
         zero.zero_grad()
     _assert_skipped_everywhere(zero.optim, before, 2, model=model)
     assert all(torch.equal(a, p) for a, p in zip(full_before, model.parameters()))
+
+
+def check_grad_scaler_found_inf_on_one_rank_skips_every_rank(work: Path) -> None:
+    """Under a GradScaler, the ``found_inf`` of one rank (an inf in its grad shard) is summed
+    with the others' in the step's all-reduce: every rank skips, and the next step trains on
+    as unscaled torch does."""
+    import tunebook
+
+    reference = mlp()
+    model = fsdp(copy.deepcopy(reference))
+    optimizer = tunebook.Adam(model.parameters(), lr=0.01, max_grad_norm=0.5,
+                              skip_nonfinite=False)  # only found_inf can skip
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, foreach=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+    for step in range(3):
+        x, y = H.batch(step, ROWS, (8,), 1)
+        scaler.scale(nn.functional.mse_loss(model(rank_rows(x)), rank_rows(y))).backward()
+        if step == 1 and H.rank() == 1:
+            _poison(model[2].weight.grad, float("inf"))
+        before = _snapshot(optimizer)
+        with H.counting_collectives(refuse_host_reads=False) as counts:
+            scaler.step(optimizer)
+        assert counts.get("all_reduce") == 1, counts
+        scaler.update()
+        optimizer.zero_grad()
+        if step == 1:
+            _assert_skipped_everywhere(optimizer, before, 2)
+            continue
+        nn.functional.mse_loss(reference(x), y).backward()
+        nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+        reference_optimizer.step()
+        reference_optimizer.zero_grad()
+    H.assert_params_close(model, reference)
+    # found_inf set on one rank only (as a scaler that checks only its rank's partition
+    # sets it), with finite grads everywhere: GradScaler's protocol by hand.
+    x, y = H.batch(3, ROWS, (8,), 1)
+    nn.functional.mse_loss(model(rank_rows(x)), rank_rows(y)).backward()
+    before = _snapshot(optimizer)
+    optimizer.grad_scale = torch.ones(())
+    optimizer.found_inf = torch.tensor(float(H.rank() == 1))
+    optimizer.step()
+    del optimizer.grad_scale, optimizer.found_inf
+    _assert_skipped_everywhere(optimizer, before, 4, skipped=2, nonfinite_norm=False)
 
 
 # --------------------------------------------------------------------------- collectives
