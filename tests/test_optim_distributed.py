@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 pytestmark = pytest.mark.skipif(
@@ -821,3 +823,24 @@ def test_process_group_without_init_process_group_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
         optimizer.step()
     assert torch.equal(p, before) and not optimizer.state
+
+
+@given(value=st.one_of(
+    st.integers(), st.floats(allow_nan=True), st.booleans(), st.binary(max_size=4),
+    st.lists(st.integers(), max_size=3), st.text(max_size=8),
+))
+@settings(max_examples=60, deadline=None)
+def test_process_group_of_any_other_type_is_refused_at_construction(value) -> None:
+    """Any value but a ProcessGroup, its name or None: a TypeError naming the argument, at
+    construction. A name is checked at the first step (here: no process group at all)."""
+    import tunebook
+
+    p = nn.Parameter(torch.randn(3))
+    p.grad = torch.randn(3)
+    if isinstance(value, str):
+        optimizer = tunebook.SGD([p], lr=0.1, process_group=value)
+        with pytest.raises(RuntimeError, match="process_group is set but torch.distributed"):
+            optimizer.step()
+        return
+    with pytest.raises(TypeError, match="process_group must be a torch.distributed"):
+        tunebook.SGD([p], lr=0.1, process_group=value)

@@ -116,8 +116,12 @@ class FusedOptimizer(Optimizer):
     Options live where torch keeps them: the per-group ones (torch's, and ``rule``) in
     ``defaults`` and ``param_groups``, so ``state_dict`` carries them; the global ones
     (``max_grad_norm``, ``log_grad_norm``, ``norm_log_capacity``, ``skip_nonfinite``,
-    ``backend``) and the norm log on the instance, carried by ``__getstate__`` (deepcopy,
-    pickle). Caches are rebuilt after ``__setstate__``.
+    ``backend``, ``process_group``, by name) and the norm log on the instance, carried by
+    ``__getstate__`` (deepcopy, pickle). Caches are rebuilt after ``__setstate__``.
+
+    Distributed training (DTensor params, ``process_group``, ZeroRedundancyOptimizer) adds
+    the local-shard calls and one all-reduce to the step: see
+    :mod:`tunebook.optim._distributed`.
     """
 
     # GradScaler then hands over `grad_scale`/`found_inf` instead of calling step() only
