@@ -264,6 +264,9 @@ class FusedOptimizer(Optimizer):
 
     def _reset_caches(self) -> None:
         self._backends: dict[torch.device, str] = {}
+        # Set by `_init_group` when it created state whose first update differs from later
+        # ones (SGD's buf = g); read and cleared in traced code, see `_traced_work`.
+        self._fresh_pending = {"set": False}
         self._invalidate_plans()
 
     def _invalidate_plans(self) -> None:
@@ -452,6 +455,16 @@ class FusedOptimizer(Optimizer):
                 for chunk_layout in chunk_layouts
             ]
             calls.append((group, [_call_tensors(c, grads, sparse_error) for c in chunks]))
+        # torch.compile turns `_init_group`'s result (which params got new state) into a
+        # constant and builds its guards after `_init_group` ran, so nothing would make the
+        # next call recompile: a graph traced on the step that created SGD's momentum
+        # buffers (buf = g) would replay that first-step update forever. Reading the flag
+        # here installs a guard on its value at entry (True) and clearing it is a side effect
+        # replayed after the graph, so the next call sees False, fails the guard and
+        # retraces with no new state, as torch.optim's own optimizers recompile once. (A
+        # dict: dynamo refuses attribute stores on the optimizer itself.)
+        if self._fresh_pending["set"]:
+            self._fresh_pending["set"] = False
         if device is None:
             return None
         return device, backend, calls
@@ -489,6 +502,8 @@ class FusedOptimizer(Optimizer):
                 i for i, p in enumerate(chunk_params) if p.is_complex() or not _is_dense(p)
             )
             layouts.append((index, fresh, special))
+            if fresh and self._fresh_state_changes_update:
+                self._fresh_pending["set"] = True
             for target, values in zip((state0, state1, state2, state3), lists):
                 target.extend(values)
         # One list per state key across chunks, chunk after chunk (as `index` orders them).
