@@ -151,7 +151,8 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t.detach()
 
 
-def batch(step: int, rows: int, shape: tuple[int, ...], out: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(step: int, rows: int, shape: tuple[int, ...], out: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same data on every rank for ``step``: inputs ``(rows, *shape)``, targets
     ``(rows, ..., out)``."""
     generator = torch.Generator().manual_seed(1000 + step)
@@ -264,7 +265,8 @@ def compare_training(
 
 def assert_params_close(model: torch.nn.Module, reference: torch.nn.Module) -> None:
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(full(p), q.detach(), rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(full(p), q.detach(), rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def assert_state_sharded_like_params(optimizer) -> None:

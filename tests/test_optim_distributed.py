@@ -698,7 +698,8 @@ def check_torch_full_state_dict_loads_into_sharded_tunebook(work: Path) -> None:
         H.assert_state_sharded_like_params(optimizer)
         for p, q in zip(model.parameters(), continued.parameters()):
             for key in ("exp_avg", "exp_avg_sq"):
-                assert torch.equal(H.full(optimizer.state[p][key]), continued_optimizer.state[q][key])
+                expected = continued_optimizer.state[q][key]
+                assert torch.equal(H.full(optimizer.state[p][key]), expected)
         H.compare_training(
             model, continued, optimizer, continued_optimizer, steps=2, rows=ROWS, shape=(8,),
             out=1, local_rows=rank_rows,

@@ -338,7 +338,8 @@ def _reduce_mismatched_grads(mismatched: list, dtensor: type) -> dict[int, Tenso
         for dim, (have, want) in enumerate(zip(g._spec.placements, target.placements)):
             if have == want:
                 continue
-            if have.is_partial() and getattr(have, "reduce_op", None) == "sum" and want.is_replicate():
+            summed = have.is_partial() and getattr(have, "reduce_op", None) == "sum"
+            if summed and want.is_replicate():
                 dims.append(dim)
             else:
                 simple = False
