@@ -114,3 +114,16 @@ def test_python_dash_m_uses_the_storage_environment(storage):
                             env=env, capture_output=True, text=True, check=True)
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 4
+
+
+def test_read_commands_open_the_study_read_only(storage):
+    """show/export/report/compare never write: the study they load refuses a write (before,
+    load_study opened it read-write, taking the lock a running worker may need)."""
+    from tunebook.cli import build_parser, load_study
+    from tunebook.study import ReadOnlyStorageError
+
+    args = build_parser().parse_args(["study", "show", "lr-sweep", "--storage", storage])
+    study = load_study(args, "lr-sweep")
+    assert len(study.trials()) == 4
+    with pytest.raises(ReadOnlyStorageError):
+        study.ask()

@@ -89,9 +89,9 @@ def test_postgres_not_running(cwd, capsys):
 
 
 def test_postgres_wrong_password_is_not_printed(cwd, capsys):
-    url = os.environ.get("TUNEBOOK_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("no PostgreSQL test server (TUNEBOOK_TEST_POSTGRES_URL)")
+    from test_study import postgres_url  # the server `make test` starts (skips if none)
+
+    url = postgres_url()
     pytest.importorskip("psycopg2")
     import sqlalchemy as sa
 

@@ -159,3 +159,19 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     # blue of the plotted trials (matplotlib's C0) appears only if the images render.
     blue = np.mean((pixels[..., 2] > 0.55) & (pixels[..., 0] < 0.35))
     assert blue > 2e-4, f"only {blue:.4%} of the page is plot blue: are the images rendered?"
+
+
+def test_report_of_a_study_whose_space_does_not_list_its_parameters(tmp_path):
+    """Study takes any space with sample/to_dict/from_dict; the report inferred nothing from
+    such a space and raised TypeError ('StandInSpace' object is not iterable). Now the
+    hyperparameters come from the trials' values."""
+    from study_helpers import StandInSpace
+
+    study = Study("own-space", StandInSpace(), storage=f"sqlite:///{tmp_path}/s.db")
+    for i in range(6):
+        trial = study.ask()
+        trial.report(step=1, valid_loss=1.0 + i)
+        trial.complete()
+    html = render_report(study)
+    for name in ("lr", "wd", "opt"):
+        assert name in html

@@ -1,7 +1,8 @@
 // CPU: the global sum of squares of all grads, and the per-step control (clip coefficient,
 // skip flag, counters, norm log). Contracts: csrc/ops.cpp.
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <vector>

@@ -66,7 +66,7 @@ struct AdamBody {
 
 template <typename P, typename S, bool kAmsgrad, bool kWeightDecay>
 struct AdamFunctor {
-  static constexpr int kMinBlocksPerSm = kUpdateMinBlocksPerSm;
+  static constexpr int kMinBlocksPerSm = wide_update_min_blocks_per_sm<P>();
   __device__ __forceinline__ void operator()(const TensorListMeta<kAdamDepth>& meta,
                                              const ChunkRef& ref, const float* control,
                                              bool maximize, const float* grad_scale) const {

@@ -53,7 +53,8 @@
 // one, which halves the bytes in flight. Left to itself, ptxas (nvcc 13.0, sm_90) used
 // 26-52 registers, but __launch_bounds__(512) alone would let another nvcc go up to 128,
 // so every functor names its minimum resident blocks (kMinBlocksPerSm: 2 for the updates,
-// 4 for the one-operand norm pass, whose bytes in flight are all it has) and the kernel is
+// 4 for the one-operand norm pass, whose bytes in flight are all it has; half that for
+// float64, see wide_update_min_blocks_per_sm) and the kernel is
 // capped at 64K / (512 * blocks) registers. The cap is set with __maxnreg__ (nvcc >= 12.4):
 // __launch_bounds__(512, 2) sets the same 64-register cap but made ptxas 13.0 schedule up
 // to it and spill 4 bytes in four mixed-precision RMSprop kernels, where __maxnreg__(64)
@@ -92,6 +93,16 @@ constexpr int kILP = 4;
 // blocks of kBlockSize resident is kRegistersPerSm / (kBlockSize * blocks)).
 constexpr int kRegistersPerSm = 65536;
 constexpr int kUpdateMinBlocksPerSm = 2;
+
+// float64 params: every double takes two registers, so the same per-thread work needs about
+// twice the registers (Adam/NAdam/RMSprop spilled 64-208 B under the 64-register cap). One
+// resident block of 512 keeps as many bytes in flight as two blocks of float32, since each
+// element is twice as wide: those functors ask for one block (a 128-register cap). SGD's
+// float64 update fits in 64 without a spill and keeps two.
+template <typename P>
+constexpr int wide_update_min_blocks_per_sm() {
+  return std::is_same<P, double>::value ? 1 : kUpdateMinBlocksPerSm;
+}
 
 constexpr int max_registers_for(int min_blocks_per_sm) {
   return kRegistersPerSm / (kBlockSize * min_blocks_per_sm);

@@ -63,7 +63,7 @@ struct NadamBody {
 
 template <typename P, typename S, int kRule, bool kWeightDecay>
 struct NadamFunctor {
-  static constexpr int kMinBlocksPerSm = kUpdateMinBlocksPerSm;
+  static constexpr int kMinBlocksPerSm = wide_update_min_blocks_per_sm<P>();
   __device__ __forceinline__ void operator()(const TensorListMeta<kNadamDepth>& meta,
                                              const ChunkRef& ref, const float* control,
                                              bool maximize, const float* grad_scale) const {

@@ -55,7 +55,7 @@ struct RmspropHyper {
 template <typename P, typename S, int kRule, bool kCentered, bool kMomentum,
           bool kWeightDecay>
 struct RmspropFunctor {
-  static constexpr int kMinBlocksPerSm = kUpdateMinBlocksPerSm;
+  static constexpr int kMinBlocksPerSm = wide_update_min_blocks_per_sm<P>();
   __device__ __forceinline__ void operator()(const TensorListMeta<kRmspropDepth>& meta,
                                              const ChunkRef& ref, const float* control,
                                              bool maximize, RmspropHyper h,

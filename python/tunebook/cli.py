@@ -211,7 +211,7 @@ def load_study(args: argparse.Namespace, name: str) -> Any:
     if not has_studies(storage):
         raise CommandError(_missing(storage))
     try:
-        return Study.load(name, storage)
+        return Study.load(name, storage, read_only=True)
     except LookupError:
         names = [s["name"] for s in list_studies(storage)]
         there = f"it holds {', '.join(map(repr, names[:10]))}{', ...' if len(names) > 10 else ''}" if names \

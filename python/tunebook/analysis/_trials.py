@@ -187,7 +187,15 @@ def _hashable(value: Any) -> Any:
 
 
 def _from_space(space: Any) -> list[Hyperparameter]:
-    parameters = list(getattr(space, "parameters", space))
+    parameters = getattr(space, "parameters", None)
+    if parameters is None:
+        try:
+            parameters = iter(space)
+        except TypeError:
+            # A space of its own (Study takes any object with sample/to_dict/from_dict)
+            # that does not list its parameters: they are inferred from the trials.
+            return []
+    parameters = list(parameters)
     by_id = {str(getattr(p, "id", getattr(p, "name", ""))): p for p in parameters}
 
     def parent_of(p: Any) -> Any:

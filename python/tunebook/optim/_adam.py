@@ -72,6 +72,7 @@ class Adam(FusedOptimizer):
         norm_log_capacity: int = DEFAULT_NORM_LOG_CAPACITY,
         skip_nonfinite: bool = True,
         backend: str | None = None,
+        process_group: Any = None,
     ) -> None:
         check_common(lr, eps, weight_decay)
         check_betas(betas)
@@ -86,6 +87,7 @@ class Adam(FusedOptimizer):
         super().__init__(
             params, defaults, max_grad_norm=max_grad_norm, log_grad_norm=log_grad_norm,
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
+            process_group=process_group,
         )
 
     _sparse_grad_error = (
@@ -155,6 +157,7 @@ class AdamW(Adam):
         norm_log_capacity: int = DEFAULT_NORM_LOG_CAPACITY,
         skip_nonfinite: bool = True,
         backend: str | None = None,
+        process_group: Any = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
@@ -162,6 +165,7 @@ class AdamW(Adam):
             decoupled_weight_decay=True, rule=rule, max_grad_norm=max_grad_norm,
             log_grad_norm=log_grad_norm, norm_log_capacity=norm_log_capacity,
             skip_nonfinite=skip_nonfinite, backend=backend,
+            process_group=process_group,
         )
 
     def __setstate__(self, state):  # noqa: D105

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _distributed
 from . import _functional as F
 from . import _reference
 from ._build import library_backends
@@ -61,6 +62,7 @@ _GLOBAL_OPTIONS = {
     "log_grad_norm": True,
     "norm_log_capacity": DEFAULT_NORM_LOG_CAPACITY,
     "skip_nonfinite": True,
+    "process_group": None,
     "_requested_backend": None,
     "_counters": None,
     "_norm_log": None,
@@ -116,8 +118,12 @@ class FusedOptimizer(Optimizer):
     Options live where torch keeps them: the per-group ones (torch's, and ``rule``) in
     ``defaults`` and ``param_groups``, so ``state_dict`` carries them; the global ones
     (``max_grad_norm``, ``log_grad_norm``, ``norm_log_capacity``, ``skip_nonfinite``,
-    ``backend``) and the norm log on the instance, carried by ``__getstate__`` (deepcopy,
-    pickle). Caches are rebuilt after ``__setstate__``.
+    ``backend``, ``process_group``, by name) and the norm log on the instance, carried by
+    ``__getstate__`` (deepcopy, pickle). Caches are rebuilt after ``__setstate__``.
+
+    Distributed training (DTensor params, ``process_group``, ZeroRedundancyOptimizer) adds
+    the local-shard calls and one all-reduce to the step: see
+    :mod:`tunebook.optim._distributed`.
     """
 
     # GradScaler then hands over `grad_scale`/`found_inf` instead of calling step() only
@@ -142,6 +148,7 @@ class FusedOptimizer(Optimizer):
         norm_log_capacity: int,
         skip_nonfinite: bool,
         backend: str | None,
+        process_group: Any = None,
     ) -> None:
         name = type(self).__name__
         if defaults.get("differentiable"):
@@ -157,6 +164,9 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"{norm_log_capacity=} must be >= 1")
         if backend is not None and backend not in _BACKENDS:
             raise ValueError(f"{backend=} must be one of {_BACKENDS} or None (automatic)")
+        process_group = _distributed.check_process_group(process_group)
+        if process_group is None:
+            process_group = _distributed.zero_process_group()
         self._reset_caches()
         self._control: Tensor | None = None
         super().__init__(params, defaults)
@@ -164,6 +174,7 @@ class FusedOptimizer(Optimizer):
         self.log_grad_norm = bool(log_grad_norm)
         self.norm_log_capacity = int(norm_log_capacity)
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.process_group = process_group
         self._requested_backend = backend
         self._counters: Tensor | None = None
         self._norm_log: Tensor | None = None
@@ -240,6 +251,8 @@ class FusedOptimizer(Optimizer):
         state = super().__getstate__()
         for key in _GLOBAL_OPTIONS:
             state[key] = getattr(self, key)
+        # A ProcessGroup cannot be pickled: its name can, and names the same group again.
+        state["process_group"] = _distributed.picklable_group(self.process_group)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # noqa: D105
@@ -257,12 +270,16 @@ class FusedOptimizer(Optimizer):
     def _reset_caches(self) -> None:
         self._backends: dict[torch.device, str] = {}
         self._torch_twin = None
+        # Set by `_init_group` when it created state whose first update differs from later
+        # ones (SGD's buf = g); read and cleared in traced code, see `_traced_work`.
+        self._fresh_pending = {"set": False}
         self._invalidate_plans()
 
     def _invalidate_plans(self) -> None:
         """Forgets every cached step plan (the next step rebuilds them from the state)."""
         self._plans: list[_StepPlan | None] = []
         self._state_snapshot = None
+        self._distributed: _distributed.DistributedStep | None | bool = False  # False: unbuilt
 
     # ----------------------------------------------------------------- the step
     @torch.no_grad()
@@ -276,12 +293,29 @@ class FusedOptimizer(Optimizer):
                 self._differentiable_step()
             return loss
         if torch.compiler.is_compiling():
+            # _init_group, which torch.compile runs in Python, builds the distributed part.
             work = self._traced_work()
+            distributed = self._distributed or None
+            if distributed is not None:
+                raise NotImplementedError(
+                    f"torch.compile of {type(self).__name__}.step() with DTensor params or "
+                    "process_group is not supported; step it eagerly"
+                )
         else:
+            # First: a distributed set-up that cannot work raises here, on every rank
+            # alike, before any state is created or any collective issued.
+            distributed = self._distributed_step()
             work = self._cached_work()
-        if work is None:
+        if work is not None:
+            device, backend, calls = work
+        elif distributed is not None and distributed.participates:
+            # A rank with no gradient this step still takes part in the all-reduce (its
+            # partition may be empty while others have work), so the counters agree.
+            device = self._params_device() or distributed.device
+            backend, calls = self._backend_for(device), []
+            self._ensure_buffers(device)
+        else:
             return loss
-        device, backend, calls = work
         ops = F.ops_for(backend)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
@@ -289,18 +323,34 @@ class FusedOptimizer(Optimizer):
             grad_scale = grad_scale.to(device=device, dtype=torch.float32, non_blocking=True)
         if found_inf is not None:
             found_inf = found_inf.to(device=device, dtype=torch.float32, non_blocking=True)
-        sq_norm = self._global_sq_norm(ops, calls)
+        if distributed is None:
+            sq_norm = self._global_sq_norm(ops, calls)
+        else:
+            calls, sq_norm, found_inf = self._distributed_sq_norm(
+                distributed, ops, device, calls, found_inf
+            )
+        # torch.distributed.checkpoint's state-creating step (zero grads, lr 0) is not a
+        # training step: the norm log and the counters stay as they were.
+        uncounted = not torch.compiler.is_compiling() and _distributed.in_checkpoint_state_init()
+        if uncounted:
+            log = self._counters.clone(), self._norm_log.clone()
         ops.step_control_(
             sq_norm, grad_scale, found_inf, self._control, self._counters, self._norm_log,
             self.max_grad_norm, self.skip_nonfinite,
         )
+        if uncounted:
+            self._counters.copy_(log[0])
+            self._norm_log.copy_(log[1])
         self._update_groups(ops, device, calls, grad_scale)
         return loss
+
+    def _norm_needed(self) -> bool:
+        return self.max_grad_norm is not None or self.log_grad_norm or self.skip_nonfinite
 
     def _global_sq_norm(self, ops: Any, calls: list) -> Tensor | None:
         """The sum of squares of every gradient the step uses, over all groups (None when
         nothing needs it): the one global reduction of the step."""
-        if self.max_grad_norm is None and not self.log_grad_norm and not self.skip_nonfinite:
+        if not self._norm_needed():
             return None
         if len(calls) == 1 and len(calls[0][1]) == 1:
             return ops.grad_sq_norm(calls[0][1][0].grads)
@@ -325,6 +375,12 @@ class FusedOptimizer(Optimizer):
         (one synchronisation per step), and the counters and norm log are kept as by the
         fused step. ``rule="playbook"`` has no torch implementation: refused at construction.
         """
+        if self._distributed_step() is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__}(differentiable=True) with DTensor params or a "
+                "process_group is not supported (the global norm would be a local one); "
+                "use differentiable=False, or torch.optim for a differentiable local step"
+            )
         groups = self.param_groups
         with_grad = [p for group in groups for p in group["params"] if p.grad is not None]
         if not with_grad:
@@ -394,6 +450,25 @@ class FusedOptimizer(Optimizer):
         twin.param_groups = self.param_groups
         twin.state = self.state
         return twin
+
+    def _distributed_step(self) -> _distributed.DistributedStep | None:
+        """The distributed part of the step (None in a single process or under DDP), built
+        at the first step and again after the param groups change."""
+        distributed = self._distributed
+        if distributed is False:
+            distributed = self._distributed = _distributed.build_distributed_step(self)
+        return distributed
+
+    def _distributed_sq_norm(self, distributed, ops, device, calls, found_inf):
+        """:meth:`_global_sq_norm` across ranks: the calls on local shards, and the sum of
+        squares and ``found_inf`` summed over the group by one all-reduce (see
+        :mod:`tunebook.optim._distributed`). Returns ``(calls, sq_norm, found_inf)``."""
+        calls, norm_grads = distributed.localize(calls)
+        sq_norm = None
+        if self._norm_needed():
+            sq_norm = distributed.local_sq_norm(ops, norm_grads, device)
+        sq_norm, found_inf = distributed.all_reduce(sq_norm, found_inf)
+        return calls, sq_norm, found_inf
 
     def _update_groups(self, ops: Any, device: torch.device, calls: list,
                        grad_scale: Tensor | None) -> None:
@@ -481,6 +556,16 @@ class FusedOptimizer(Optimizer):
                 for chunk_layout in chunk_layouts
             ]
             calls.append((group, [_call_tensors(c, grads, sparse_error) for c in chunks]))
+        # torch.compile turns `_init_group`'s result (which params got new state) into a
+        # constant and builds its guards after `_init_group` ran, so nothing would make the
+        # next call recompile: a graph traced on the step that created SGD's momentum
+        # buffers (buf = g) would replay that first-step update forever. Reading the flag
+        # here installs a guard on its value at entry (True) and clearing it is a side effect
+        # replayed after the graph, so the next call sees False, fails the guard and
+        # retraces with no new state, as torch.optim's own optimizers recompile once. (A
+        # dict: dynamo refuses attribute stores on the optimizer itself.)
+        if self._fresh_pending["set"]:
+            self._fresh_pending["set"] = False
         if device is None:
             return None
         return device, backend, calls
@@ -494,6 +579,7 @@ class FusedOptimizer(Optimizer):
         so that state, buffers and backend are set up eagerly; see :class:`_Chunk` for what
         a chunk layout holds.
         """
+        self._distributed_step()  # built here under torch.compile (a cached no-op otherwise)
         for p in group["params"]:
             if p.grad is not None:
                 if p.grad.layout != torch.strided and self._sparse_grad_error is not None:
@@ -505,6 +591,7 @@ class FusedOptimizer(Optimizer):
         device = self._check_group_device(group, params)
         backend = self._backend_for(device)
         self._ensure_buffers(device)
+        self._adopt_loaded_log(params)
         layouts = []
         all_keys = None
         for index, chunk_params in _split_by_math_dtype(params):
@@ -516,6 +603,8 @@ class FusedOptimizer(Optimizer):
                 i for i, p in enumerate(chunk_params) if p.is_complex() or not _is_dense(p)
             )
             layouts.append((index, fresh, special))
+            if fresh and self._fresh_state_changes_update:
+                self._fresh_pending["set"] = True
             for target, values in zip((state0, state1, state2, state3), lists):
                 target.extend(values)
         # One list per state key across chunks, chunk after chunk (as `index` orders them).
@@ -638,15 +727,7 @@ class FusedOptimizer(Optimizer):
         if self._counters is None:
             return GradNormLog(torch.empty(0), 0, 0, 0, self.max_grad_norm)
         steps, clipped, skipped = (int(x) for x in self._counters.tolist())
-        ring = self._norm_log.detach().to("cpu", copy=True)
-        capacity = ring.numel()
-        if capacity == 0:
-            norms = torch.empty(0)
-        elif steps <= capacity:
-            norms = ring[:steps].clone()
-        else:
-            start = steps % capacity
-            norms = torch.cat([ring[start:], ring[:start]])
+        norms = _unroll_ring(self._norm_log.detach().to("cpu", copy=True), steps)
         return GradNormLog(norms, clipped, skipped, steps, self.max_grad_norm)
 
     # ----------------------------------------------------------------- state_dict
@@ -654,23 +735,57 @@ class FusedOptimizer(Optimizer):
         """torch's state_dict, plus the norm log under ``"tunebook_grad_norms"``.
 
         torch.optim ignores the extra key, so the result loads into torch.optim as well.
+
+        A distributed optimizer (DTensor params or ``process_group``) keeps the log in
+        the state of its first param instead, as ``{"norm_log": ring buffer, "counters":
+        [steps, clipped, skipped]}`` (tensors of fixed shapes, copied on the device):
+        ``torch.distributed.checkpoint`` carries only ``"state"`` and ``"param_groups"``, and
+        loads into tensors of the shapes the loading optimizer's own state_dict has. The log
+        is the same on every rank, so DCP saves it once and every rank loads it back.
         """
         state = super().state_dict()
-        if self._counters is not None:
-            log = self.grad_norms()
-            state[_STATE_DICT_KEY] = {
-                "norms": log.norms,
-                "steps": log.steps,
-                "clipped": log.clipped,
-                "skipped": log.skipped,
-            }
+        if self._counters is None:
+            return state
+        if _distributed.is_distributed(self):
+            if self.param_groups and self.param_groups[0]["params"]:
+                # torch's entries are the live per-param dicts: add to a copy.
+                entry = dict(state["state"].get(0, {}))
+                entry[_STATE_DICT_KEY] = {
+                    "norm_log": self._norm_log.clone(), "counters": self._counters.clone(),
+                }
+                state["state"][0] = entry
+            return state
+        log = self.grad_norms()
+        state[_STATE_DICT_KEY] = {
+            "norms": log.norms,
+            "steps": log.steps,
+            "clipped": log.clipped,
+            "skipped": log.skipped,
+        }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a state_dict from tunebook or from torch.optim (same layout)."""
+        """Loads a state_dict from tunebook or from torch.optim (same layout).
+
+        For DTensor params, per-element state that arrives as plain full-size tensors (a
+        torch.optim or single-process state_dict, loaded the same on every rank) is sharded
+        like its param; a sharded checkpoint loads through
+        ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict``.
+        """
         saved_log = state_dict.get(_STATE_DICT_KEY)
+        states = state_dict.get("state", {})
+        hosts = [k for k, v in states.items() if isinstance(v, dict) and _STATE_DICT_KEY in v]
+        if hosts:  # a distributed optimizer's log: take it out, leave the caller's dict alone
+            states = dict(states)
+            for k in hosts:
+                states[k] = dict(states[k])
+                saved_log = states[k].pop(_STATE_DICT_KEY)
+                if not states[k]:
+                    del states[k]
+            state_dict = {**state_dict, "state": states}
         super().load_state_dict(state_dict)
         self._invalidate_plans()
+        _distributed.shard_loaded_state(self)
         # torch's loader casts every floating state to the param's dtype except `step`, which
         # it leaves on the CPU: tunebook keeps its scalars in float32 on the params' device.
         for group in self.param_groups:
@@ -684,7 +799,24 @@ class FusedOptimizer(Optimizer):
         if saved_log is not None:
             self._restore_log(saved_log)
 
+    def _adopt_loaded_log(self, params: list[Tensor]) -> None:
+        """Takes a distributed optimizer's norm log out of a param's state where a loader
+        other than :meth:`load_state_dict` put it with the rest of that param's state
+        (ZeroRedundancyOptimizer's ``load_state_dict`` fills its local optimizer's ``state``
+        directly), and restores it."""
+        state = self.state
+        for p in params:
+            entry = state.get(p)
+            if entry and _STATE_DICT_KEY in entry:
+                self._restore_log(entry.pop(_STATE_DICT_KEY))
+
     def _restore_log(self, saved: dict[str, Any]) -> None:
+        if "counters" in saved:  # a distributed optimizer's: the ring buffer as it was
+            steps, clipped, skipped = (int(x) for x in saved["counters"].tolist())
+            saved = {
+                "norms": _unroll_ring(saved["norm_log"].detach().to("cpu"), steps),
+                "steps": steps, "clipped": clipped, "skipped": skipped,
+            }
         device = self._params_device() or torch.device("cpu")
         self._counters = None
         self._ensure_buffers(device)
@@ -697,6 +829,17 @@ class FusedOptimizer(Optimizer):
         if norms.numel():
             positions = torch.arange(steps - norms.numel(), steps) % capacity
             self._norm_log.index_copy_(0, positions.to(device), norms.to(device))
+
+
+def _unroll_ring(ring: Tensor, steps: int) -> Tensor:
+    """The norms of a ring buffer written at ``step % capacity``, oldest first."""
+    capacity = ring.numel()
+    if capacity == 0:
+        return torch.empty(0)
+    if steps <= capacity:
+        return ring[:steps].clone()
+    start = steps % capacity
+    return torch.cat([ring[start:], ring[:start]])
 
 
 def _resolve_backend(requested: str | None, device: torch.device) -> str:

@@ -22,6 +22,13 @@ EXTRAS_DOC = """
         backend: "cpu", "cuda", "reference" or None (default: the compiled kernels for the
             params' device, chosen at the first step, else the pure-torch reference with one
             warning).
+        process_group: the ``torch.distributed`` process group (or its name) over which the
+            gradients' sum of squares is all-reduced, when each rank holds only its own
+            partition of the params as plain tensors (hand-written ZeRO). Not needed for
+            DTensor params (FSDP2, tensor parallelism: their device mesh is used), nor under
+            DDP (every rank has every gradient), nor under
+            ``torch.distributed.optim.ZeroRedundancyOptimizer`` (its ``process_group`` is
+            taken). See README "Distributed training".
 
     Differences from torch.optim (the drop-in contract, README "Drop-in contract"):
         the step is always one fused multi-tensor call (``foreach``, ``fused``,

@@ -62,6 +62,7 @@ class NAdam(FusedOptimizer):
         norm_log_capacity: int = DEFAULT_NORM_LOG_CAPACITY,
         skip_nonfinite: bool = True,
         backend: str | None = None,
+        process_group: Any = None,
     ) -> None:
         check_common(lr, eps, weight_decay)
         check_betas(betas)
@@ -76,6 +77,7 @@ class NAdam(FusedOptimizer):
         super().__init__(
             params, defaults, max_grad_norm=max_grad_norm, log_grad_norm=log_grad_norm,
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
+            process_group=process_group,
         )
 
     _sparse_grad_error = "NAdam does not support sparse gradients"

@@ -61,6 +61,7 @@ class RMSprop(FusedOptimizer):
         norm_log_capacity: int = DEFAULT_NORM_LOG_CAPACITY,
         skip_nonfinite: bool = True,
         backend: str | None = None,
+        process_group: Any = None,
     ) -> None:
         check_common(lr, eps, weight_decay)
         if not 0.0 <= momentum:
@@ -75,6 +76,7 @@ class RMSprop(FusedOptimizer):
         super().__init__(
             params, defaults, max_grad_norm=max_grad_norm, log_grad_norm=log_grad_norm,
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
+            process_group=process_group,
         )
 
     _sparse_grad_error = "RMSprop does not support sparse gradients"

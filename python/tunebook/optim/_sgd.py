@@ -58,6 +58,7 @@ class SGD(FusedOptimizer):
         norm_log_capacity: int = DEFAULT_NORM_LOG_CAPACITY,
         skip_nonfinite: bool = True,
         backend: str | None = None,
+        process_group: Any = None,
     ) -> None:
         check_common(lr, None, weight_decay)
         if momentum < 0.0:
@@ -72,6 +73,7 @@ class SGD(FusedOptimizer):
         super().__init__(
             params, defaults, max_grad_norm=max_grad_norm, log_grad_norm=log_grad_norm,
             norm_log_capacity=norm_log_capacity, skip_nonfinite=skip_nonfinite, backend=backend,
+            process_group=process_group,
         )
 
     _scalar_state_keys = ()

@@ -310,6 +310,9 @@ def throughput_sweep(
     return result
 
 
+_CLOCK_TICK = time.get_clock_info("perf_counter").resolution
+
+
 def _gain(sizes: list[int], medians: list[float]) -> float:
     return (sizes[-1] / medians[-1]) / (sizes[-2] / medians[-2])
 
@@ -332,7 +335,10 @@ def _measure(step: Callable[[int], Any], batch_size: int, dev: _Device, warmup: 
             for _ in range(timed):
                 step(batch_size)
             dev.sync()
-            times.append((time.perf_counter() - began) / timed)
+            # A block faster than the clock can tell reads as one tick, not 0 (a 0 made the
+            # throughput infinite and the gain a ZeroDivisionError).
+            elapsed = max(time.perf_counter() - began, _CLOCK_TICK)
+            times.append(elapsed / timed)
         return times, dev.peak()
     except Exception as error:  # noqa: BLE001 - re-raised unless it is an out-of-memory error
         if not is_out_of_memory(error):
