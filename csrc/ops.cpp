@@ -72,6 +72,12 @@
 //             maximize, rule, grad_scale)
 //   mu_products[i] *= mu_t each applied step (also under the playbook rule, for the state).
 //
+// ParamLayouts(Tensor[] params), a class (torch.classes.tunebook), not an op: the eager
+//   step's per-step layout check, host metadata only, any device (csrc/param_layouts.h).
+//   unchanged() -> bool: every param is still the tensor wrapped by the same Python object,
+//   with the recorded dtype, device, sizes and strides, and has a grad exactly where one
+//   was recorded, with the recorded layout, dtype, device, sizes and strides.
+//
 // Version counters: every tensor an op may write (the `!` arguments) has its `_version`
 // bumped by each call, as torch's default (foreach) optimizers do, so autograd still catches
 // a parameter that was saved for backward and then updated (ADInplaceOrView kernels below).
@@ -79,6 +85,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
+
+#include "param_layouts.h"
 
 TORCH_LIBRARY(tunebook, m) {
   m.def("grad_sq_norm(Tensor[] grads) -> Tensor");
@@ -109,6 +117,10 @@ TORCH_LIBRARY(tunebook, m) {
       "Tensor control, Tensor? lr_tensor, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, float momentum_decay, bool decoupled_weight_decay, "
       "bool maximize, int rule, Tensor? grad_scale=None) -> ()");
+  m.class_<tunebook::ParamLayouts>("ParamLayouts")
+      .def(torch::init<std::vector<at::Tensor>>())
+      .def("unchanged", &tunebook::ParamLayouts::unchanged)
+      .def("__len__", &tunebook::ParamLayouts::size);
 }
 
 namespace {

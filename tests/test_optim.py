@@ -1,4 +1,5 @@
-"""tunebook.optim against torch.optim: every optimizer, option set, dtype and backend.
+"""tunebook.optim against torch.optim: every optimizer, option set, dtype and backend, on
+every device (the ``device`` fixture of conftest.py: the CPU, and CUDA where a GPU is).
 
 The oracle is torch.optim's single-tensor implementation (``foreach=False``), preceded by
 ``clip_grad_norm_`` when clipping is on; low-precision params are checked against the
@@ -18,6 +19,8 @@ from optim_cases import (
 )
 
 BACKENDS = ["cpu", "reference"]
+# "compiled": the device's kernels (the cpu or cuda backend); "reference": pure torch.
+IMPLEMENTATIONS = ["compiled", "reference"]
 FLOAT32_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -25,12 +28,17 @@ def test_cpu_backend_is_built():
     assert "cpu" in tbo.library_backends(), "the C++ kernels must build on CI machines"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def _backend(implementation, device):
+    return device if implementation == "compiled" else "reference"
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("max_grad_norm", [None, 250.0], ids=["noclip", "clip"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_matches_torch_float32(case, max_grad_norm, backend):
+def test_matches_torch_float32(case, max_grad_norm, implementation, device):
+    backend = _backend(implementation, device)
     tb_groups, torch_groups, tb_opt, torch_opt, norms = run_against_torch(
-        case, backend=backend, max_grad_norm=max_grad_norm)
+        case, backend=backend, max_grad_norm=max_grad_norm, device=device)
     assert tb_opt.backend == backend
     assert_states_close(tb_opt, torch_opt, tb_groups, torch_groups, **FLOAT32_TOL)
     log = tb_opt.grad_norms()
@@ -53,9 +61,9 @@ def _assert_nearly_identical(a, b):
     torch.testing.assert_close(a.float(), b.float(), rtol=4 * eps, atol=4 * eps)
 
 
-def _run(case, dtype, backend, steps=20, seed=3, max_grad_norm=None):
+def _run(case, dtype, backend, steps=20, seed=3, max_grad_norm=None, device="cpu"):
     _, tb_cls, _, kwargs = case
-    groups = make_params(seed, dtype=dtype)
+    groups = make_params(seed, device, dtype=dtype)
     opt = tb_cls(param_groups(groups, kwargs), **kwargs, backend=backend,
                  max_grad_norm=max_grad_norm)
     for step in range(steps):
@@ -66,14 +74,14 @@ def _run(case, dtype, backend, steps=20, seed=3, max_grad_norm=None):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_low_precision_cpu_matches_reference(case, dtype):
-    """Same float32 math, one rounding per step: the C++ loop and the reference agree to
+def test_low_precision_matches_reference(case, dtype, device):
+    """Same float32 math, one rounding per step: the kernels and the reference agree to
     within one rounding of the param dtype, and both track torch run in float32."""
-    tb_groups, tb_opt = _run(case, dtype, "cpu", max_grad_norm=250.0)
-    ref_groups, ref_opt = _run(case, dtype, "reference", max_grad_norm=250.0)
+    tb_groups, tb_opt = _run(case, dtype, device, max_grad_norm=250.0, device=device)
+    ref_groups, ref_opt = _run(case, dtype, "reference", max_grad_norm=250.0, device=device)
     for ga, gb in zip(tb_groups, ref_groups):
         for a, b in zip(ga, gb):
-            assert a.dtype == dtype
+            assert a.dtype == dtype and a.device.type == device
             _assert_nearly_identical(a.detach(), b.detach())
             for key in tb_opt.state[a]:
                 sa, sb = tb_opt.state[a][key], ref_opt.state[b][key]
@@ -82,7 +90,8 @@ def test_low_precision_cpu_matches_reference(case, dtype):
     # Against torch.optim in float32 (upcast copies): the drift is bounded by the per-step
     # rounding of the params, far below the size of the updates themselves.
     _, _, torch_cls, kwargs = case
-    f32 = [[p.detach().float().requires_grad_() for p in g] for g in make_params(3, dtype=dtype)]
+    f32 = [[p.detach().float().requires_grad_() for p in g]
+           for g in make_params(3, device, dtype=dtype)]
     torch_opt = torch_cls(param_groups(f32, kwargs), **kwargs, foreach=False)
     for step in range(20):
         set_grads(f32, grads_for_step(f32, step, 3))
@@ -120,9 +129,9 @@ def test_cpu_matches_reference_many_small_tensors(case):
     torch.testing.assert_close(a[~far], b[~far], **FLOAT32_TOL)
 
 
-def test_zero_grad_set_to_none_false_matches_torch():
+def test_zero_grad_set_to_none_false_matches_torch(device):
     case = CASES[CASE_IDS.index("adam_amsgrad_wd")]
-    groups = make_params(1)
+    groups = make_params(1, device)
     ref = clone_params(groups)
     kwargs = case[3]
     opt = tbo.Adam(param_groups(groups, kwargs), **kwargs)
@@ -139,13 +148,14 @@ def test_zero_grad_set_to_none_false_matches_torch():
     assert_states_close(opt, topt, groups, ref, **FLOAT32_TOL)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_tensor_lr_is_read_every_step(backend):
-    params = make_params(2)
+@pytest.mark.parametrize("lr_device", ["cpu", "params"], ids=["cpu_lr", "lr_on_params_device"])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_tensor_lr_is_read_every_step(implementation, lr_device, device):
+    params = make_params(2, device)
     ref = clone_params(params)
-    lr = torch.tensor(0.01)
+    lr = torch.tensor(0.01, device="cpu" if lr_device == "cpu" else device)
     lr_ref = torch.tensor(0.01)
-    opt = tbo.Adam(params[0] + params[1], lr=lr, backend=backend)
+    opt = tbo.Adam(params[0] + params[1], lr=lr, backend=_backend(implementation, device))
     topt = torch.optim.Adam(ref[0] + ref[1], lr=lr_ref, foreach=False)
     for step in range(10):
         if step == 5:  # a schedule rewriting the tensor in place

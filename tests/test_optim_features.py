@@ -226,8 +226,8 @@ def test_lr_schedulers(name):
 
 def test_errors_are_clear():
     p = torch.zeros(3, requires_grad=True)
-    with pytest.raises(NotImplementedError, match="differentiable"):
-        tbo.Adam([p], differentiable=True)
+    with pytest.raises(ValueError, match="differentiable=True.*rule='torch'"):
+        tbo.Adam([p], differentiable=True, rule="playbook")
     with pytest.raises(ValueError, match="floating point or complex"):
         tbo.Adam([torch.zeros(2, dtype=torch.int64)])
     # Devices are checked where they matter, at the step (params made on meta may be

@@ -10,7 +10,7 @@ tensor, in float32, float64, bfloat16, float16 and complex64. Around it, torch's
 param groups, step / state_dict / load_state_dict hooks, state_dict save and load in both
 directions and through ``torch.save(weights_only=True)``, deepcopy and pickle, Tensor lr,
 ``zero_grad`` both ways, ``add_param_group`` with lists and generators, LR schedulers,
-named parameters, old state_dicts, torch's error inputs, and ``differentiable=True``.
+named parameters, old state_dicts, torch's error inputs, and ``differentiable=True`` (torch's protocol, with gradcheck).
 
 The checks are written here from what torch's test/test_optim.py checks; no torch test code
 is copied. Everything tunebook does not do is listed once, in ``EXCLUDED``, with the reason.
@@ -56,9 +56,6 @@ EXCLUDED = {
     ("*", r"betas\[0\] as a Tensor is not supported for capturable=False and foreach=True"):
         "Tensor betas are not supported at all (the fused step reads betas on the host); "
         "tunebook refuses them with its own message whatever foreach is",
-    ("*", "`fused` does not support `differentiable`"):
-        "differentiable=True is refused first, with a NotImplementedError (a RuntimeError) "
-        "that names torch.optim as the way out",
     ("*", "multiple devices"):
         "one optimizer steps params on one device (one global norm, one control tensor); "
         "torch's mixed-device tests need two GPUs anyway",
@@ -545,10 +542,115 @@ def test_error_inputs_raise_what_torch_raises(case):
             opt.step()
 
 
+def _differentiable_step(cls, kwargs, keys, scalars, p, g, lr, *state, max_grad_norm=None):
+    """One ``differentiable=True`` step as a function of its inputs (torch's
+    ``test_differentiable`` protocol): the param, its grad, a Tensor lr and the state
+    tensors in; the stepped param and state out."""
+    p = p.clone()
+    p.grad = g
+    extra = {} if max_grad_norm is None else dict(max_grad_norm=max_grad_norm)
+    opt = cls([p], **dict(kwargs, lr=lr), differentiable=True, **extra)
+    opt.state[p] = {key: t.clone() for key, t in zip(keys, state)}
+    opt.state[p].update({key: t.clone() for key, t in scalars.items()})
+    opt.step()
+    return (p, *(opt.state[p][key] for key in keys))
+
+
+def _differentiable_inputs(name, kwargs, seed=0):
+    """(state keys, 0-dim state, [p, g, lr, *state]) in float64, the list requiring grad:
+    the state as one non-differentiable torch step leaves it, perturbed."""
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.randn(4, generator=gen, dtype=torch.float64)
+    warm = torch.nn.Parameter(p.clone())
+    warm.grad = torch.randn(4, generator=gen, dtype=torch.float64)
+    opt = INFOS[name].optim_cls([warm], **kwargs, foreach=False)
+    opt.step()
+    keys = sorted(k for k, v in opt.state[warm].items() if k != "step" and v.dim() > 0)
+    state = [(opt.state[warm][k] + torch.rand(4, generator=gen, dtype=torch.float64))
+             for k in keys]
+    scalars = {k: v.detach() for k, v in opt.state[warm].items() if v.dim() == 0}
+    g = torch.randn(4, generator=gen, dtype=torch.float64)
+    lr = torch.tensor(float(kwargs.get("lr", 1e-3)), dtype=torch.float64)
+    return keys, scalars, [t.requires_grad_() for t in (p, g, lr, *state)]
+
+
+# gradcheck (finite differences) on the first configuration of each class; the others are
+# checked against torch's autograd gradients, which torch checks with gradcheck itself.
+GRADCHECKED = {name: next(desc for n, desc, _ in CASES if n == name) for name in INFOS}
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_differentiable_step_matches_torch(case):
+    """torch's differentiable=True protocol on every configuration: the step's outputs and
+    their gradients w.r.t. the param, the grad, a Tensor lr (where torch's for-loop takes
+    one) and every state tensor equal torch.optim's, also with max_grad_norm clipping
+    active (against torch fed the clipped grad); gradcheck on one configuration per class."""
+    name, desc, kwargs = case
+    if kwargs.get("capturable") or kwargs.get("fused"):
+        pytest.skip("capturable/fused configurations refuse differentiable=True in torch too")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("foreach", "lr")}
+    tb_cls = TUNEBOOK_CLASS[INFOS[name].optim_cls]
+    keys, scalars, inputs = _differentiable_inputs(name, dict(kwargs, lr=1e-2))
+    ours = functools.partial(_differentiable_step, tb_cls, kwargs, keys, scalars)
+    theirs = functools.partial(_differentiable_step, INFOS[name].optim_cls, kwargs, keys, scalars)
+    try:
+        reference = theirs(*inputs)
+    except TypeError:  # torch's RMSprop/NAdam for-loop takes a float lr only
+        inputs[2] = float(inputs[2].detach())
+        with pytest.raises(TypeError):
+            ours(*[t.detach().requires_grad_() for t in inputs[:2]],
+                 torch.tensor(1e-2, dtype=torch.float64, requires_grad=True), *inputs[3:])
+        reference = theirs(*inputs)
+    gen = torch.Generator().manual_seed(7)
+    weights = [torch.randn(out.shape, dtype=torch.float64, generator=gen) for out in reference]
+    wrt = [t for t in inputs if isinstance(t, torch.Tensor)]
+
+    def gradients(fn):
+        outputs = fn(*inputs)
+        total = sum((o * w).sum() for o, w in zip(outputs, weights))
+        return [o.detach() for o in outputs], torch.autograd.grad(total, wrt, allow_unused=True)
+
+    def clipped_torch(p, g, lr, *state):
+        coef = torch.clamp(0.5 / (torch.linalg.vector_norm(g) + 1e-6), max=1.0)
+        return theirs(p, g * coef, lr, *state)
+
+    clipped = functools.partial(ours, max_grad_norm=0.5)
+    for fn_a, fn_b in ((ours, theirs), (clipped, clipped_torch)):
+        for values_a, values_b in zip(gradients(fn_a), gradients(fn_b)):
+            for a, b in zip(values_a, values_b):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=desc)
+    if GRADCHECKED[name] == desc:
+        for fn in (ours, clipped):
+            assert torch.autograd.gradcheck(lambda *t, fn=fn: fn(*t[:2], inputs[2], *t[2:]),
+                                            [wrt[0], wrt[1], *wrt[-len(keys):]] if keys else wrt[:2])
+
+
 @pytest.mark.parametrize("name", list(INFOS))
-def test_differentiable_stays_a_clear_not_implemented_error(name):
-    with pytest.raises(NotImplementedError, match=r"\(differentiable=True\) is not supported by tunebook"):
-        TUNEBOOK_CLASS[INFOS[name].optim_cls]([torch.nn.Parameter(torch.ones(1))], differentiable=True)
+def test_differentiable_keeps_tunebooks_options(name):
+    """differentiable=True keeps the norm log and skips a non-finite step bit-identically;
+    the combinations torch has no implementation for are refused, naming the fix."""
+    tb_cls = TUNEBOOK_CLASS[INFOS[name].optim_cls]
+    p = torch.ones(3, requires_grad=True).clone()  # not a leaf, as torch's protocol has it
+    opt = tb_cls([p], lr=0.1, differentiable=True, max_grad_norm=1.0)
+    p.grad = torch.full((3,), 2.0)
+    opt.step()
+    stepped = p.detach().clone()
+    p.grad = torch.tensor([1.0, float("nan"), 0.0])
+    opt.step()
+    assert torch.equal(p.detach(), stepped)
+    log = opt.grad_norms()
+    assert (log.steps, log.skipped, log.clipped) == (2, 1, 1)
+    torch.testing.assert_close(log.norms[0], torch.tensor(12.0).sqrt())
+    if "fused" in opt.defaults:
+        with pytest.raises(RuntimeError, match="`fused` does not support `differentiable`"):
+            tb_cls([p], differentiable=True, fused=True)
+    if "rule" in opt.defaults:
+        with pytest.raises(ValueError, match=r"differentiable=True.*rule='playbook'.*rule='torch'"):
+            tb_cls([p], differentiable=True, rule="playbook")
+        with pytest.raises(ValueError, match="differentiable=True"):
+            opt.rule = "playbook"
 
 
 def test_exclusions_are_listed_once_with_a_reason():

@@ -39,7 +39,7 @@ class Adam(FusedOptimizer):
 
     Args: as ``torch.optim.Adam`` (``lr`` may be a 0-dim tensor, read on the device each
     step; ``foreach``, ``fused`` and ``capturable`` are accepted and stored, the step is
-    always fused and capturable; ``differentiable=True`` raises NotImplementedError).
+    always fused and capturable; ``differentiable=True``: see below).
     rule: "torch" or "playbook".
 
     Example:
@@ -49,6 +49,7 @@ class Adam(FusedOptimizer):
     """
 
     _decoupled_default = False
+    _torch_class = torch.optim.Adam
 
     def __init__(
         self,
@@ -134,6 +135,7 @@ class AdamW(Adam):
     """
 
     _decoupled_default = True
+    _torch_class = torch.optim.AdamW
 
     def __init__(
         self,

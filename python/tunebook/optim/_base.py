@@ -33,6 +33,7 @@ torch.optim does. None of this costs anything when every layout already agrees.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import operator
@@ -46,6 +47,7 @@ from torch.optim import Optimizer
 
 from . import _distributed
 from . import _functional as F
+from . import _reference
 from ._build import library_backends
 from ._common_doc import check_rule
 
@@ -150,10 +152,9 @@ class FusedOptimizer(Optimizer):
     ) -> None:
         name = type(self).__name__
         if defaults.get("differentiable"):
-            raise NotImplementedError(
-                f"{name}(differentiable=True) is not supported by tunebook; "
-                f"use torch.optim.{name} for differentiable optimizer steps"
-            )
+            if defaults.get("fused"):
+                raise RuntimeError("`fused` does not support `differentiable`")
+            _check_differentiable_rule(name, defaults.get("rule", "torch"))
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         max_grad_norm = check_max_grad_norm(max_grad_norm)
@@ -200,6 +201,8 @@ class FusedOptimizer(Optimizer):
         if "rule" not in self.defaults:
             raise AttributeError(f"{type(self).__name__} has a single rule (torch.optim's)")
         value = check_rule(value)
+        if self.defaults.get("differentiable"):
+            _check_differentiable_rule(type(self).__name__, value)
         self.defaults["rule"] = value
         for group in self.param_groups:
             group["rule"] = value
@@ -239,6 +242,8 @@ class FusedOptimizer(Optimizer):
                     )
         if "rule" in param_group and "rule" in self.defaults:
             check_rule(param_group["rule"])
+            if self.defaults.get("differentiable"):
+                _check_differentiable_rule(type(self).__name__, param_group["rule"])
         super().add_param_group(param_group)
         self._invalidate_plans()
 
@@ -264,6 +269,7 @@ class FusedOptimizer(Optimizer):
 
     def _reset_caches(self) -> None:
         self._backends: dict[torch.device, str] = {}
+        self._torch_twin = None
         # Set by `_init_group` when it created state whose first update differs from later
         # ones (SGD's buf = g); read and cleared in traced code, see `_traced_work`.
         self._fresh_pending = {"set": False}
@@ -282,6 +288,10 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.defaults.get("differentiable"):
+            with torch.enable_grad():
+                self._differentiable_step()
+            return loss
         if torch.compiler.is_compiling():
             # _init_group, which torch.compile runs in Python, builds the distributed part.
             work = self._traced_work()
@@ -342,8 +352,104 @@ class FusedOptimizer(Optimizer):
         nothing needs it): the one global reduction of the step."""
         if not self._norm_needed():
             return None
+        if len(calls) == 1 and len(calls[0][1]) == 1:
+            return ops.grad_sq_norm(calls[0][1][0].grads)
         grads = [g for _, group_calls in calls for call in group_calls for g in call.grads]
         return ops.grad_sq_norm(grads)
+
+    # ----------------------------------------------------------------- differentiable=True
+    # torch.optim subclasses name the torch.optim class they are a drop-in for.
+    _torch_class: type[Optimizer] | None = None
+
+    def _differentiable_step(self) -> None:
+        """``differentiable=True``: the step is a function of the params, grads, state and
+        hyperparameter tensors that autograd can differentiate, as torch.optim's is.
+
+        The update is torch.optim's own single-tensor implementation (what torch runs for
+        ``differentiable=True``), reached through a twin optimizer that shares this one's
+        ``param_groups`` and ``state``: one definition of torch's differentiable math, kept
+        by torch. tunebook's chain before it is written in differentiable torch ops: the
+        global norm, the clip coefficient ``min(1, max_grad_norm / (norm + 1e-6))`` that
+        scales each grad (the grads themselves are left as they were), GradScaler's scale.
+        The skip decision (non-finite norm, GradScaler's ``found_inf``) is read on the host
+        (one synchronisation per step), and the counters and norm log are kept as by the
+        fused step. ``rule="playbook"`` has no torch implementation: refused at construction.
+        """
+        if self._distributed_step() is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__}(differentiable=True) with DTensor params or a "
+                "process_group is not supported (the global norm would be a local one); "
+                "use differentiable=False, or torch.optim for a differentiable local step"
+            )
+        groups = self.param_groups
+        with_grad = [p for group in groups for p in group["params"] if p.grad is not None]
+        if not with_grad:
+            return
+        device = with_grad[0].device
+        for p in with_grad:
+            if p.device != device:
+                raise ValueError(_devices_error(type(self).__name__, device, p.device))
+        self._ensure_buffers(device)
+        ops = F.ops_for(self._backend_for(device))
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if grad_scale is not None:
+            grad_scale = grad_scale.to(device=device, dtype=torch.float32).reshape(())
+        if found_inf is not None:
+            found_inf = found_inf.to(device=device, dtype=torch.float32)
+        grads = [p.grad for p in with_grad]
+        norm = None
+        if self.max_grad_norm is not None or self.log_grad_norm or self.skip_nonfinite:
+            norm = _differentiable_norm(grads)
+        with torch.no_grad():
+            sq_norm = None if norm is None else norm.detach().float().square()
+            ops.step_control_(
+                sq_norm, grad_scale, found_inf, self._control, self._counters, self._norm_log,
+                self.max_grad_norm, self.skip_nonfinite,
+            )
+        if bool(self._control[1]):
+            return  # skipped: nothing changes, as in the fused step
+        factor = None
+        if grad_scale is not None:
+            factor = 1 / grad_scale.to(norm.dtype if norm is not None else torch.float32)
+        if self.max_grad_norm is not None:
+            unscaled = norm if factor is None else norm * factor
+            coef = torch.clamp(self.max_grad_norm / (unscaled + _reference.CLIP_EPS), max=1.0)
+            factor = coef if factor is None else coef * factor
+        twin = self._twin()
+        if factor is None:
+            twin_step(twin)
+        else:
+            try:
+                for p, g in zip(with_grad, grads):
+                    p.grad = g * factor.to(_math_dtype(g))
+                twin_step(twin)
+            finally:
+                for p, g in zip(with_grad, grads):
+                    p.grad = g
+        if grad_scale is not None:
+            with torch.no_grad():  # the fused step's contract: grads are left unscaled
+                for g in grads:
+                    g.copy_(g / grad_scale.to(_math_dtype(g)))
+
+    def _twin(self) -> Optimizer:
+        """The torch.optim optimizer whose step runs ``differentiable=True``: made once from
+        this one's defaults, then given its ``param_groups``, ``state`` and ``defaults``."""
+        twin = self._torch_twin
+        cls = self._torch_class
+        if cls is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} names no torch.optim class for differentiable=True"
+            )
+        if twin is None:
+            accepted = inspect.signature(cls.__init__).parameters
+            kwargs = {k: v for k, v in self.defaults.items() if k in accepted}
+            twin = cls([torch.zeros(1, requires_grad=True)], **kwargs)
+            self._torch_twin = twin
+        twin.defaults = self.defaults
+        twin.param_groups = self.param_groups
+        twin.state = self.state
+        return twin
 
     def _distributed_step(self) -> _distributed.DistributedStep | None:
         """The distributed part of the step (None in a single process or under DDP), built
@@ -403,24 +509,19 @@ class FusedOptimizer(Optimizer):
         device = backend = None
         for index, group in enumerate(groups):
             params = group["params"]
-            grads = [p.grad for p in params]
-            with_grad = [g for g in grads if g is not None]
-            if not with_grad:
-                continue
             plan = plans[index]
-            if plan is None or not (
-                state_unchanged and plan.matches(group, params, grads, with_grad, self)
-            ):
-                plan = self._build_plan(group, params, grads)
+            if plan is not None and state_unchanged and plan.matches(group, params, self):
+                # Every param has a grad exactly where the plan was built with one.
+                grads = list(map(_grad_of, plan.with_params))
+            else:
+                grads = [g for g in map(_grad_of, params) if g is not None]
+                if not grads:
+                    plans[index] = None
+                    continue
+                plan = self._build_plan(group, params)
                 plans[index] = plan if plan.cacheable else None
                 rebuilt = True
-            try:
-                group_calls = [_call_tensors(c, with_grad, sparse_error) for c in plan.chunks]
-            except _StalePlan:  # a param's layout changed under the plan (p.data = ...)
-                plan = self._build_plan(group, params, grads)
-                plans[index] = plan if plan.cacheable else None
-                rebuilt = True
-                group_calls = [_call_tensors(c, with_grad, sparse_error) for c in plan.chunks]
+            group_calls = [_call_tensors(c, grads, sparse_error) for c in plan.chunks]
             if device is None:
                 device, backend = plan.device, plan.backend
             elif plan.device != device:
@@ -451,7 +552,7 @@ class FusedOptimizer(Optimizer):
             if device is None:
                 device, backend = params[0].device, group_backend
             chunks = [
-                _Chunk.from_layout(params, keys, states, chunk_layout)
+                _Chunk.from_layout(params, grads, keys, states, chunk_layout)
                 for chunk_layout in chunk_layouts
             ]
             calls.append((group, [_call_tensors(c, grads, sparse_error) for c in chunks]))
@@ -524,7 +625,7 @@ class FusedOptimizer(Optimizer):
             )
         return device
 
-    def _build_plan(self, group: dict[str, Any], params: list[Tensor], grads: list) -> _StepPlan:
+    def _build_plan(self, group: dict[str, Any], params: list[Tensor]) -> _StepPlan:
         with_params: list[Tensor] = []
         with_grads: list[Tensor] = []
         states: list[list[Tensor]] = [[] for _ in range(_STATE_LISTS)]
@@ -532,15 +633,17 @@ class FusedOptimizer(Optimizer):
             group, with_params, with_grads, *states
         )
         chunks = [
-            _Chunk.from_layout(with_params, keys, states, layout, self.state)
+            _Chunk.from_layout(with_params, with_grads, keys, states, layout, self.state)
             for layout in chunk_layouts
         ]
         cacheable = not (
             self._fresh_state_changes_update and any(chunk.fresh for chunk in chunks)
         )
+        # Recorded after _init_group, which may have re-laid out state but never a param.
+        layouts = _param_layouts(params) if cacheable else None
         return _StepPlan(
-            group, params, grads, with_params, self._plan_key(group), chunks, cacheable,
-            with_params[0].device, backend,
+            group, params, with_params, self._plan_key(group), chunks, cacheable,
+            with_params[0].device, backend, layouts,
         )
 
     def _state_unchanged(self) -> bool:
@@ -844,10 +947,6 @@ def _relayout_states(state: Any, params: list[Tensor], keys, lists) -> None:
                 state[p][key] = values[i] = fixed
 
 
-class _StalePlan(Exception):
-    """A cached plan no longer matches its params' layouts: rebuild it."""
-
-
 class _Call(NamedTuple):
     """The tensors of one update op call, ready for the op, and what to write back after."""
 
@@ -867,15 +966,16 @@ class _Chunk:
     ``(index, fresh, special)``: the positions of these params among the group's params with
     a grad (None: all of them), the positions whose state was created this step, and the
     positions that need per-step work before the op sees them (complex params: their real
-    view; params that are not dense: a contiguous working copy).
+    view; params that are not dense: a contiguous working copy). ``copies``: the positions
+    whose grads are not in their param's stepping layout (sparse, or other strides), read
+    from the grads the chunk was made with; a cached chunk is used only while every grad
+    keeps the layout it had then (:class:`_StepPlan`).
     """
 
-    __slots__ = (
-        "params", "index", "keys", "lists", "dicts", "fresh", "special", "strides",
-        "check_layouts",
-    )
+    __slots__ = ("params", "index", "keys", "lists", "dicts", "fresh", "special", "strides",
+                 "copies")
 
-    def __init__(self, params, index, keys, lists, dicts, fresh, special):
+    def __init__(self, params, grads, index, keys, lists, dicts, fresh, special):
         self.params = params
         self.index = index
         self.keys = keys
@@ -885,18 +985,20 @@ class _Chunk:
         self.special = special
         # The strides each grad must have to be stepped in place (else it is copied).
         self.strides = [_target_strides(p) for p in params]
-        # A sparse grad's strides never match a dense param's but for 0-dim ones (): only
-        # then does the per-step check also look at the grads' layouts.
-        self.check_layouts = any(p.dim() == 0 for p in params)
+        self.copies = tuple(
+            i for i, (g, strides) in enumerate(zip(grads, self.strides))
+            if g.layout != torch.strided or g.stride() != strides
+        )
 
     @classmethod
-    def from_layout(cls, params, keys, states, layout, state=None) -> _Chunk:
+    def from_layout(cls, params, grads, keys, states, layout, state=None) -> _Chunk:
         index, fresh, special = layout
         if index is None:
-            chunk_params = params
+            chunk_params, chunk_grads = params, grads
             lists = [states[k] if key else [] for k, key in enumerate(keys)]
         else:
             chunk_params = [params[i] for i in index]
+            chunk_grads = [grads[i] for i in index]
             # The state lists hold the chunks one after the other in `index` order.
             offset = _chunk_offset(params, index)
             lists = [
@@ -906,7 +1008,7 @@ class _Chunk:
             [state[p] for p in chunk_params]
             if state is not None and any(key is not None for key in keys) else []
         )
-        return cls(chunk_params, index, keys, lists, dicts, fresh, special)
+        return cls(chunk_params, chunk_grads, index, keys, lists, dicts, fresh, special)
 
 
 def _chunk_offset(params: list[Tensor], index: tuple[int, ...]) -> int:
@@ -923,13 +1025,10 @@ def _call_tensors(chunk: _Chunk, group_grads: list[Tensor], sparse_error: str | 
     complex params as real views, non-dense params as contiguous working copies."""
     grads = group_grads if chunk.index is None else [group_grads[i] for i in chunk.index]
     grad_copies: list[tuple[Tensor, Tensor]] = []
-    if chunk.check_layouts or [g.stride() for g in grads] != chunk.strides:
-        if [_target_strides(p) for p in chunk.params] != chunk.strides:
-            # Grads follow their params' layout: a mismatch is how a param whose layout
-            # changed since the plan was made (module.to(memory_format=...)) shows up.
-            raise _StalePlan
+    if chunk.copies:
         grads = list(grads)
-        for i, (g, strides) in enumerate(zip(grads, chunk.strides)):
+        for i in chunk.copies:
+            g, strides = grads[i], chunk.strides[i]
             if g.layout != torch.strided:
                 if sparse_error is not None:
                     raise RuntimeError(sparse_error)
@@ -937,7 +1036,7 @@ def _call_tensors(chunk: _Chunk, group_grads: list[Tensor], sparse_error: str | 
                 # as to_dense does). A sparse grad is not written back unscaled.
                 dense = g.to_dense()
                 grads[i] = dense if dense.stride() == strides else _copy_to(dense, strides)
-            elif g.stride() != strides:
+            else:
                 grads[i] = _copy_to(g, strides)
                 grad_copies.append((g, grads[i]))
     if not chunk.special:
@@ -966,49 +1065,123 @@ def _copy_to(t: Tensor, strides: tuple[int, ...]) -> Tensor:
     return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
 
 
+def _check_differentiable_rule(name: str, rule: Any) -> None:
+    if rule != "torch":
+        raise ValueError(
+            f"{name}(differentiable=True) runs torch.optim's update, which has no "
+            f"rule={rule!r}; use rule='torch' (the default) or differentiable=False"
+        )
+
+
+def twin_step(twin: Optimizer) -> None:
+    """``twin.step()`` without the hooks around it (this optimizer's step ran them, global
+    optimizer hooks included: they must fire once per step)."""
+    step = type(twin).step
+    getattr(step, "__wrapped__", step)(twin)
+
+
+def _differentiable_norm(grads: list[Tensor]) -> Tensor:
+    """The global L2 norm of ``grads``, in float64 when any grad is float64 (gradcheck's
+    precision), else float32; differentiable."""
+    wide = any(g.dtype in (torch.float64, torch.complex128) for g in grads)
+    dtype = torch.float64 if wide else torch.float32
+    norms = [
+        torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g).to(dtype)
+        for g in grads
+    ]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+class _PythonLayouts:
+    """:class:`tunebook::ParamLayouts` (csrc/param_layouts.h) in Python, for when the
+    compiled library is not available (the reference backend without a compiler): the
+    same check, ~4 us per param."""
+
+    __slots__ = ("params", "recorded")
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = list(params)
+        self.recorded = [_layout_of(p) for p in self.params]
+
+    def unchanged(self) -> bool:
+        return all(map(operator.eq, map(_layout_of, self.params), self.recorded))
+
+
+def _layout_of(p: Tensor) -> tuple:
+    g = p.grad
+    grad = None if g is None else (
+        g.layout, g.dtype, g.device, g.shape, g.stride() if g.layout == torch.strided else None
+    )
+    return p.dtype, p.device, p.shape, p.stride(), grad
+
+
+def _param_layouts(params: list[Tensor]) -> Any:
+    """The layout record of a group's params and grads (see :class:`_StepPlan`)."""
+    if _compiled_layouts():
+        return torch.classes.tunebook.ParamLayouts(params)
+    return _PythonLayouts(params)
+
+
+def _compiled_layouts() -> bool:
+    """Whether the compiled library (and with it ``tunebook::ParamLayouts``) is loaded;
+    never builds it (the reference backend may run without a compiler)."""
+    global _HAS_COMPILED_LAYOUTS
+    if not _HAS_COMPILED_LAYOUTS:
+        try:
+            torch.classes.tunebook.ParamLayouts  # noqa: B018 - raises until loaded
+        except (RuntimeError, AttributeError):
+            return False
+        _HAS_COMPILED_LAYOUTS = True
+    return True
+
+
+_HAS_COMPILED_LAYOUTS = False
+_grad_of = operator.attrgetter("grad")
+
+
 class _StepPlan:
     """What one param group's step passes to the ops, cached between eager steps.
 
     Rebuilding the lists costs a few microseconds of Python per param (state lookups,
     layout checks, the dtype split), as much as the fused update itself for small tensors,
     so a plan is reused while nothing it depends on has changed: the group dict, its
-    ``params`` list and each entry, which params have a grad, the options that change the
-    op's lists (``_plan_key``), the state mapping (checked by the optimizer) and every state
-    tensor the lists hold (``state[p][key] is lists[k][i]``). Checking all of that costs a
-    few C-level identity comparisons per param. New grad tensors (``zero_grad()`` sets them
-    to None by default) only have their layout checked.
+    ``params`` list and each entry, the options that change the op's lists (``_plan_key``),
+    the state mapping (checked by the optimizer) and every state tensor the lists hold
+    (``state[p][key] is lists[k][i]``), all checked by identity in C-level loops; and the
+    params' and grads' metadata, checked in one C++ call (``layouts``,
+    csrc/param_layouts.h): each param is the same tensor with the same dtype, device, sizes
+    and strides (``.data`` swaps and ``swap_tensors`` change them behind the same object),
+    and has a grad exactly where it had one, with the same layout, dtype, device, sizes and
+    strides. New grad tensors each step (``zero_grad()`` sets them to None by default) keep
+    the plan as long as they come in the same layouts.
     """
 
     __slots__ = (
-        "group", "params_list", "params", "with_params", "full", "mask", "key", "chunks",
-        "cacheable", "device", "backend",
+        "group", "params_list", "params", "with_params", "key", "chunks", "cacheable",
+        "device", "backend", "layouts",
     )
 
-    def __init__(self, group, params_list, grads_all, with_params, key, chunks, cacheable,
-                 device, backend):
+    def __init__(self, group, params_list, with_params, key, chunks, cacheable, device,
+                 backend, layouts):
         self.group = group
         self.params_list = params_list
         self.params = list(params_list)
         self.with_params = with_params
-        self.full = len(with_params) == len(params_list)
-        self.mask = None if self.full else [g is not None for g in grads_all]
         self.key = key
         self.chunks = chunks
         self.cacheable = cacheable
         self.device = device
         self.backend = backend
+        self.layouts = layouts
 
-    def matches(self, group, params, grads, with_grad, optimizer) -> bool:
+    def matches(self, group, params, optimizer) -> bool:
         """Whether this plan still describes ``group`` (see the class docstring)."""
         if (
             group is not self.group
             or params is not self.params_list
             or len(params) != len(self.params)
-            or len(with_grad) != len(self.with_params)
             or not all(map(_is, params, self.params))
         ):
-            return False
-        if not self.full and [g is not None for g in grads] != self.mask:
             return False
         if optimizer._plan_key(group) != self.key:
             return False
@@ -1021,4 +1194,4 @@ class _StepPlan:
                         return False
         except KeyError:
             return False
-        return True
+        return self.layouts.unchanged()

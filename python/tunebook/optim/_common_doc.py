@@ -33,7 +33,10 @@ EXTRAS_DOC = """
     Differences from torch.optim (the drop-in contract, README "Drop-in contract"):
         the step is always one fused multi-tensor call (``foreach``, ``fused``,
         ``capturable`` are accepted and stored); all params with a gradient must be on one
-        device; ``differentiable=True`` and Tensor ``betas`` raise a clear error; each step
+        device; Tensor ``betas`` raise a clear error; ``differentiable=True`` runs
+        torch.optim's own single-tensor update (differentiable w.r.t. params, grads, state
+        and tensor hyperparameters, as torch's) after tunebook's clipping, with one host
+        sync per step for the skip decision, and refuses ``rule="playbook"``; each step
         bumps the ``_version`` of params and state as torch's default (foreach) step does;
         with a GradScaler, ``p.grad`` is left unscaled after the step as torch's fused
         optimizers leave it; a captured CUDA step needs a device ``lr`` tensor (a CPU one is
@@ -55,7 +58,7 @@ def check_common(lr: Any, eps: float | None, weight_decay: float) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        value = float(lr)
+        value = float(lr.detach())
         if not 0.0 <= value:
             raise ValueError(f"Invalid learning rate: {value} (lr must be >= 0)")
     elif not 0.0 <= lr:

@@ -38,6 +38,8 @@ class NAdam(FusedOptimizer):
     only drives the ``mu_product`` state kept for torch compatibility).
     """
 
+    _torch_class = torch.optim.NAdam
+
     _scalar_state_keys = ("step", "mu_product")
 
     def __init__(

@@ -39,6 +39,8 @@ class RMSprop(FusedOptimizer):
     Args: as ``torch.optim.RMSprop``; ``rule``: "torch" or "playbook".
     """
 
+    _torch_class = torch.optim.RMSprop
+
     def __init__(
         self,
         params: Any,

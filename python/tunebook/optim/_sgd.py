@@ -27,7 +27,7 @@ class SGD(FusedOptimizer):
         \theta \leftarrow \theta - \eta d
 
     Args: as ``torch.optim.SGD`` (``lr`` may be a 0-dim tensor; ``foreach`` and ``fused``
-    are accepted; ``differentiable=True`` raises NotImplementedError).
+    are accepted; ``differentiable=True``: see below).
 
     Note: a momentum buffer is created zero-filled on a param's first step, so if that very
     step is skipped (non-finite norm) and ``dampening != 0``, the next step dampens the
@@ -37,6 +37,8 @@ class SGD(FusedOptimizer):
         >>> opt = tunebook.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
         ...                          nesterov=True, max_grad_norm=1.0)
     """
+
+    _torch_class = torch.optim.SGD
 
     def __init__(
         self,
