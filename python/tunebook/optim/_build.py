@@ -22,6 +22,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.resources
@@ -32,6 +33,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -212,67 +214,72 @@ def build_library(with_cuda: bool | None = None, verbose: bool = False) -> Path:
     build_dir = cache_root / "ops" / name
     build_dir.mkdir(parents=True, exist_ok=True)
     library = build_dir / f"{name}.so"
-    if library.exists():
-        # The cache key covers every input, so a library under it is current: load it
-        # directly. Going through cpp_extension.load would take its lock file (which a
-        # process killed mid-load leaves behind, blocking every later process) and re-run
-        # ninja, which rebuilds when the same sources sit at another path (a second checkout).
-        try:
-            torch.ops.load_library(str(library))
-            return library
-        except OSError as error:
-            reason = _dlopen_reason(error)
-            if _missing_dependency(reason, library):
-                # Rebuilding would give the same library and the same failure, in every
-                # new process: say why instead.
-                raise RuntimeError(
-                    f"the cached kernel library {library} cannot be loaded: {reason}"
-                ) from error
-            library.unlink()  # a link step cut short: rebuild it
-    _remove_stale_lock(build_dir)
-    if not library.exists():
-        print(
-            f"tunebook: compiling the optimizer kernels ({'CPU+CUDA' if with_cuda else 'CPU'}) "
-            f"once into {build_dir}; this takes a minute or two...",
-            file=sys.stderr, flush=True,
-        )
-    old_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    ldflags = list(_LDFLAGS)
-    if with_cuda:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
-        home = _use_cuda_home()
-        if home is None:
-            raise RuntimeError(f"with_cuda=True but {toolkit_problem()}")
-        toolkit = find_toolkit()
-        passed_over = [f"{where}={path} ({why})" for where, path, why in toolkit.rejected
-                       if where.startswith("$")]
-        if passed_over:
-            print(f"tunebook: not using {', '.join(passed_over)}: torch needs CUDA "
-                  f"{torch.version.cuda.split('.')[0]}.x; building with nvcc {toolkit.version} "
-                  f"from {home} ({toolkit.source})", file=sys.stderr, flush=True)
-        link_dir = cudart_link_dir(build_dir, home)
-        if link_dir is not None:
-            ldflags.append(f"-L{link_dir}")
-    try:
-        cpp_extension.load(
-            name=name,
-            sources=[str(s) for s in _sources(with_cuda)],
-            extra_cflags=_CFLAGS,
-            extra_cuda_cflags=_NVCC_FLAGS,
-            extra_ldflags=ldflags,
-            extra_include_paths=[str(csrc_dir())],
-            build_directory=str(build_dir),
-            with_cuda=with_cuda,
-            is_python_module=False,
-            verbose=verbose,
-        )
-    finally:
+    # Every tunebook process takes this lock before it looks at or builds the library, so
+    # a cpp_extension lock file found while holding it was left by a process that died
+    # mid-build (kill -9, OOM, a CI timeout): removed at once. The kernel releases a flock
+    # when its holder dies, so there is nothing to go stale.
+    with _build_lock(build_dir) as flock_held:
+        if library.exists():
+            # The cache key covers every input, so a library under it is current: load it
+            # directly. Going through cpp_extension.load would take its lock file (which a
+            # process killed mid-load leaves behind, blocking every later process) and re-run
+            # ninja, which rebuilds when the same sources sit at another path (a second checkout).
+            try:
+                torch.ops.load_library(str(library))
+                return library
+            except OSError as error:
+                reason = _dlopen_reason(error)
+                if _missing_dependency(reason, library):
+                    # Rebuilding would give the same library and the same failure, in every
+                    # new process: say why instead.
+                    raise RuntimeError(
+                        f"the cached kernel library {library} cannot be loaded: {reason}"
+                    ) from error
+                library.unlink()  # a link step cut short: rebuild it
+        _remove_dead_holders_lock(build_dir, flock_held)
+        if not library.exists():
+            print(
+                f"tunebook: compiling the optimizer kernels ({'CPU+CUDA' if with_cuda else 'CPU'}) "
+                f"once into {build_dir}; this takes a minute or two...",
+                file=sys.stderr, flush=True,
+            )
+        old_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+        ldflags = list(_LDFLAGS)
         if with_cuda:
-            if old_arch is None:
-                os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
-            else:
-                os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
-    return library
+            os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
+            home = _use_cuda_home()
+            if home is None:
+                raise RuntimeError(f"with_cuda=True but {toolkit_problem()}")
+            toolkit = find_toolkit()
+            passed_over = [f"{where}={path} ({why})" for where, path, why in toolkit.rejected
+                           if where.startswith("$")]
+            if passed_over:
+                print(f"tunebook: not using {', '.join(passed_over)}: torch needs CUDA "
+                      f"{torch.version.cuda.split('.')[0]}.x; building with nvcc {toolkit.version} "
+                      f"from {home} ({toolkit.source})", file=sys.stderr, flush=True)
+            link_dir = cudart_link_dir(build_dir, home)
+            if link_dir is not None:
+                ldflags.append(f"-L{link_dir}")
+        try:
+            cpp_extension.load(
+                name=name,
+                sources=[str(s) for s in _sources(with_cuda)],
+                extra_cflags=_CFLAGS,
+                extra_cuda_cflags=_NVCC_FLAGS,
+                extra_ldflags=ldflags,
+                extra_include_paths=[str(csrc_dir())],
+                build_directory=str(build_dir),
+                with_cuda=with_cuda,
+                is_python_module=False,
+                verbose=verbose,
+            )
+        finally:
+            if with_cuda:
+                if old_arch is None:
+                    os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+                else:
+                    os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
+        return library
 
 
 def _dlopen_reason(error: BaseException) -> str:
@@ -289,20 +296,45 @@ def _missing_dependency(reason: str, library: Path) -> bool:
     return "cannot open shared object file" in reason and not reason.startswith(str(library))
 
 
-# A build takes minutes; a lock older than this was left by a process that died holding it.
+# Without flock (not POSIX): a build takes minutes, so a cpp_extension lock older than this
+# was left by a process that died holding it.
 _STALE_LOCK_SECONDS = 30 * 60
 
 
-def _remove_stale_lock(build_dir: Path) -> None:
-    """Removes cpp_extension's build lock if its holder evidently died (it waits forever)."""
+@contextlib.contextmanager
+def _build_lock(build_dir: Path) -> Iterator[bool]:
+    """An exclusive flock on ``build_dir/build.flock`` for the check-load-build sequence
+    (waiting, with one message, while another process builds); yields whether it is held."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: cpp_extension's own lock, and the age rule below
+        yield False
+        return
+    with open(build_dir / "build.flock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"tunebook: waiting for another process building the kernels in {build_dir}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_dead_holders_lock(build_dir: Path, flock_held: bool = True) -> None:
+    """Removes cpp_extension's build lock (it waits forever on it) when its holder died:
+    always under tunebook's flock (a live holder would hold the flock), else when old."""
     lock = build_dir / "lock"
     try:
         age = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
         return
-    if age > _STALE_LOCK_SECONDS:
+    if flock_held or age > _STALE_LOCK_SECONDS:
         warnings.warn(
-            f"tunebook: removing a stale build lock {lock} ({age / 60:.0f} min old)",
+            f"tunebook: removing the build lock {lock} left by a process that died while "
+            f"building ({age / 60:.0f} min old)",
             RuntimeWarning, stacklevel=3,
         )
         lock.unlink(missing_ok=True)
