@@ -35,6 +35,11 @@ if [[ "${1:-}" == "--prepare" ]]; then
   "$PIP_PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl "sqlalchemy==2.0.*"
+  # Pure-Python test dependencies the GPU image may lack: hypothesis (imported by the
+  # drop-in, schedule and distributed test modules, which hold CUDA tests) and expecttest
+  # (torch's optim_db helpers).
+  "$PIP_PY" -m pip download --quiet --no-deps --only-binary=:all: -d .whl \
+    "hypothesis>=6.100" "attrs>=22.2" "sortedcontainers>=2.1" "expecttest>=0.2"
   ls -la .whl
   du -sh .whl
   exit 0
@@ -125,7 +130,8 @@ if ! "${PIP_INSTALL[@]}" "${WHEELS[0]}" >"$OUT_DIR/build.log" 2>&1; then
   tail -20 "$OUT_DIR/build.log"
   exit 2
 fi
-# Test-only dependencies the image lacks (SQLAlchemy): best effort, for collection.
+# Test-only dependencies the image lacks (SQLAlchemy, hypothesis, expecttest): best effort,
+# for collection.
 for wheel in "${EXTRA_WHEELS[@]}"; do
   "${PIP_INSTALL[@]}" "$wheel" >>"$OUT_DIR/build.log" 2>&1 \
     || note "note: could not install ${wheel##*/} (its tests will not be collected)"
