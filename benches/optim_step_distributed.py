@@ -28,11 +28,11 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from optim_step import Timer  # benches/ is on sys.path when a bench runs as a script
 import torch.multiprocessing as mp
 from torch import nn
 
@@ -108,19 +108,13 @@ def worker(rank: int, args, store: str, out: str) -> None:
         torch.nn.utils.clip_grad_norm_(theirs_model.parameters(), MAX_NORM)
         theirs.step()
 
+    timer = Timer(device)
+
     def timed(fn) -> float:
         dist.barrier()
         if nccl:
             torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        return timer(fn)
 
     counts = {}
     for name, fn in (("tunebook", step_ours), ("torch", step_theirs)):

@@ -399,7 +399,7 @@ class FusedOptimizer(Optimizer):
             found_inf = found_inf.to(device=device, dtype=torch.float32)
         grads = [p.grad for p in with_grad]
         norm = None
-        if self.max_grad_norm is not None or self.log_grad_norm or self.skip_nonfinite:
+        if self._norm_needed():
             norm = _differentiable_norm(grads)
         with torch.no_grad():
             sq_norm = None if norm is None else norm.detach().float().square()
