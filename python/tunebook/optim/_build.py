@@ -323,7 +323,7 @@ def _build_lock(build_dir: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _remove_dead_holders_lock(build_dir: Path, flock_held: bool = True) -> None:
+def _remove_dead_holders_lock(build_dir: Path, flock_held: bool) -> None:
     """Removes cpp_extension's build lock (it waits forever on it) when its holder died:
     always under tunebook's flock (a live holder would hold the flock), else when old."""
     lock = build_dir / "lock"
